@@ -1,0 +1,86 @@
+"""The callback that ties a Lightning run to its Optuna trial.
+
+Each validation epoch it records the logged metrics and epoch time, checks the objective metric exists (a typo in
+``objective.metric`` fails after the first epoch, listing what *was* logged), reports the value to Optuna and asks
+the pruner. Under DDP only rank 0 holds the trial; its decision is broadcast so every rank stops together.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from sweeplight._errors import TrialConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+
+class TrialPrunedSignal(Exception):
+    """Raised on every rank when the pruner stops the trial; the runner records the trial as PRUNED."""
+
+
+@functools.cache
+def trial_monitor_class(namespace: str) -> type:
+    """Build the callback for the module's Lightning package (``lightning.pytorch`` or ``pytorch_lightning``)."""
+    pl = importlib.import_module(namespace)
+
+    class TrialMonitor(pl.Callback):
+        def __init__(self, *, metric: str, required: tuple[str, ...], trial: optuna.Trial | None, number: int = 0,
+                     verbose: bool = True) -> None:
+            self.metric = metric
+            self.number = number
+            self.verbose = verbose  # one line per epoch on stdout (the worker's log)
+            self.required = required  # metrics other callbacks monitor (early stopping)
+            self.trial = trial  # None on DDP ranks other than 0
+            self.history: list[dict[str, Any]] = []
+            self.pruned = False
+            self._epoch_started = time.perf_counter()
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self._epoch_started = time.perf_counter()
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.sanity_checking:
+                return
+            metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
+            metrics = {k: v for k, v in metrics.items() if v is not None}
+            for name in (self.metric, *self.required):
+                if name not in metrics:
+                    logged = ", ".join(sorted(metrics)) or "(nothing)"
+                    field = "objective.metric" if name == self.metric else "trainer.early_stopping.monitor"
+                    raise TrialConfigError(f"{field}: the module never logs {name!r}; metrics logged after the first"
+                                           f" validation epoch: {logged}; log it with self.log({name!r}, ...) or "
+                                           "pick one of those")
+            epoch = trainer.current_epoch
+            entry = {"epoch": epoch, "time_s": round(time.perf_counter() - self._epoch_started, 4), **metrics}
+            if self.history and self.history[-1]["epoch"] == epoch:
+                self.history[-1] = entry  # several validations per epoch: keep the last
+            else:
+                self.history.append(entry)
+            if self.verbose:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+                print(f"trial {self.number} epoch {epoch}: {shown} ({entry['time_s']:.2f} s)", flush=True)
+            prune = False
+            if self.trial is not None:
+                value = metrics[self.metric]
+                self.trial.report(value, step=epoch)
+                prune = self.trial.should_prune() or not math.isfinite(value)
+            prune = bool(trainer.strategy.broadcast(prune, src=0))
+            if prune:
+                self.pruned = True
+                raise TrialPrunedSignal(f"pruned at epoch {epoch}")
+
+    return TrialMonitor
+
+
+def _scalar(value: Any) -> float | None:
+    try:
+        if hasattr(value, "numel") and value.numel() != 1:
+            return None
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,88 @@
+"""Import the user's classes from the paths the study file names, and nothing else.
+
+``package.module:Class`` imports a module (the study file's directory and the working directory are on the path);
+``path/to/file.py:Class`` loads that file, relative to the study file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweeplight._errors import SpecError
+
+
+def import_class(target: str, *, base_dir: Path, field: str) -> type:
+    """Return the class named by ``target``; every failure is one line naming ``field``."""
+    module_part, _, class_name = target.rpartition(":")
+    if not module_part or not class_name:
+        raise SpecError(field, f"got {target!r}; write 'package.module:ClassName' or 'file.py:ClassName'")
+    for entry in (str(base_dir), str(Path.cwd())):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    if module_part.endswith(".py") or "/" in module_part:
+        module = _load_file(module_part, base_dir, field)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_part.startswith(exc.name):
+                raise SpecError(field, f"cannot import module {module_part!r} ({exc}); check the spelling, install "
+                                f"the package, or give a file path like 'my_module.py:{class_name}'") from None
+            raise SpecError(field, f"importing {module_part!r} failed: {exc}; install the missing package") from None
+        except Exception as exc:  # noqa: BLE001 - user code may raise anything on import
+            raise SpecError(field, f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        found = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__)
+        raise SpecError(field, f"module {module_part!r} has no {class_name!r}; classes defined there: "
+                        f"{', '.join(found) or '(none)'}")
+    if not inspect.isclass(cls):
+        raise SpecError(field, f"{target!r} is a {type(cls).__name__}, not a class")
+    return cls
+
+
+def _load_file(path_text: str, base_dir: Path, field: str) -> Any:
+    path = Path(path_text).expanduser()
+    path = path if path.is_absolute() else (base_dir / path)
+    if not path.is_file():
+        raise SpecError(field, f"file {str(path)!r} does not exist; paths are relative to the study file's folder")
+    name = f"sweeplight_user_{path.stem}"
+    existing = sys.modules.get(name)
+    if existing is not None and getattr(existing, "__file__", None) == str(path.resolve()):
+        return existing
+    if str(path.resolve().parent) not in sys.path:
+        sys.path.insert(0, str(path.resolve().parent))
+    spec = importlib.util.spec_from_file_location(name, path.resolve())
+    if spec is None or spec.loader is None:
+        raise SpecError(field, f"cannot load {str(path)!r} as a Python module; give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001
+        del sys.modules[name]
+        raise SpecError(field, f"importing {str(path)!r} raised {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def accepted_arguments(cls: type) -> tuple[set[str], bool]:
+    """The constructor's keyword names, and whether it takes ``**kwargs`` (then it accepts any name)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def lightning_namespace(cls: type) -> str:
+    """'pytorch_lightning' when the class derives from the old package, else 'lightning.pytorch'.
+
+    The Trainer and callbacks must come from the same package as the module (mixing them fails: Optuna #4689).
+    """
+    for base in inspect.getmro(cls):
+        if base.__module__.split(".")[0] == "pytorch_lightning":
+            return "pytorch_lightning"
+    return "lightning.pytorch"

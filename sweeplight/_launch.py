@@ -1,0 +1,171 @@
+"""Launch (or resume) a study on this machine: validate, create the study, run local worker processes.
+
+Each worker is a separate ``python -m sweeplight._worker`` process: it pays the ~4 s ``import lightning`` once and
+then runs many trials. Workers start in their own session so Ctrl-C reaches only the launcher, which then stops them
+cleanly (their running trials are recorded as interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeplight._errors import StudyStopped, TrialConfigError
+from sweeplight._spec import StudySpec, load_spec, spec_to_json
+from sweeplight._status import StudyStatus, read_status
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a finished launch reports; ``status`` has the per-state counts and the best trial."""
+
+    name: str
+    directory: Path
+    status: StudyStatus
+    stop_reason: str
+    worker_logs: list[Path] = field(default_factory=list)
+
+
+def launch(
+    study: str | Path | StudySpec,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    workers: int | None = None,
+    progress: bool = True,
+) -> LaunchResult:
+    """Create or resume the study and run it to its budget with local worker processes.
+
+    >>> result = launch("studies/digits.yaml", overrides=["budget.n_trials=4"])  # doctest: +SKIP
+    >>> result.status.best_value  # doctest: +SKIP
+    """
+    from sweeplight._check import check_spec
+    from sweeplight._samplers import build_pruner, build_sampler
+    from sweeplight._storage import create_or_load_study
+    from sweeplight._summary import write_json_atomic
+    from sweeplight._worker import STOP_ATTR
+
+    spec = study if isinstance(study, StudySpec) else load_spec(study, overrides)
+    check_spec(spec)  # imports the user's classes and checks every name before anything is created
+    optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    directory = spec.directory
+    (directory / "workers").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "spec.json", spec_to_json(spec))
+    optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
+    launch_id = uuid.uuid4().hex[:12]
+    deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
+    count = workers or spec.executor.workers
+    logs = [directory / "workers" / f"worker-{i}.log" for i in range(count)]
+    procs = [_start_worker(directory, i, launch_id, deadline, log) for i, log in enumerate(logs)]
+    try:
+        _monitor(spec, procs, progress)
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    codes = [p.returncode for p in procs]
+    status = read_status(spec, launch_id=launch_id)
+    stopped = status.stopped_message
+    if stopped or any(code == 2 for code in codes):
+        raise TrialConfigError(stopped or _last_error(logs))
+    reason = _final_reason(spec, status)
+    if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
+        raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
+                           f"{directory / 'workers'}")
+    bad = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if bad:
+        raise StudyStopped(f"worker {bad[0][0]} exited with code {bad[0][1]}: {_last_error(logs[bad[0][0]:])}; "
+                           f"log: {logs[bad[0][0]]}")
+    return LaunchResult(name=spec.name, directory=directory, status=status, stop_reason=reason, worker_logs=logs)
+
+
+def _start_worker(directory: Path, index: int, launch_id: str, deadline: float | None, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "sweeplight._worker", "work", str(directory), "--launch-id", launch_id,
+               "--worker", str(index)]
+    if deadline is not None:
+        command += ["--deadline", repr(deadline)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "a") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _monitor(spec: StudySpec, procs: list[subprocess.Popen], progress: bool) -> None:
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.budget.n_trials, desc=spec.name, unit="trial", dynamic_ncols=True)
+    try:
+        while True:
+            done = all(p.poll() is not None for p in procs)
+            if any(p.returncode == 2 for p in procs):
+                _stop(procs)
+                done = True
+            if bar is not None:
+                _update(bar, read_status(spec))
+            if done:
+                return
+            time.sleep(1.0)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _update(bar: Any, status: StudyStatus) -> None:
+    counts = status.counts
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    bar.n = min(finished, bar.total) if bar.total else finished
+    best = f"{status.best_value:.4g}" if status.best_value is not None else "-"
+    bar.set_postfix_str(f"complete={counts.get('COMPLETE', 0)} pruned={counts.get('PRUNED', 0)} "
+                        f"failed={counts.get('FAIL', 0)} running={counts.get('RUNNING', 0)} best={best}",
+                        refresh=False)
+    bar.refresh()
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 30.0) -> None:
+    """SIGTERM every worker (it records its running trial as interrupted), then SIGKILL stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    end = time.time() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, end - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _final_reason(spec: StudySpec, status: StudyStatus) -> str:
+    counts = status.counts
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
+        return f"budget.max_failures={spec.budget.max_failures} reached"
+    if spec.budget.n_trials is not None and finished >= spec.budget.n_trials:
+        return f"budget.n_trials={spec.budget.n_trials} reached"
+    return "budget.timeout reached" if spec.budget.timeout else "workers finished"
+
+
+def _last_error(logs: list[Path]) -> str:
+    for log in logs:
+        try:
+            lines = log.read_text().splitlines()
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if line.startswith("error: "):
+                return line.removeprefix("error: ")
+    return f"a worker failed; see {logs[0] if logs else 'the worker logs'}"
+
+
+def dump_spec(spec: StudySpec) -> str:
+    return json.dumps(spec_to_json(spec), indent=2)

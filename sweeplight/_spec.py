@@ -1,0 +1,280 @@
+"""The study file: YAML in, a frozen, validated :class:`StudySpec` out.
+
+Parsing only reads the file; it imports no user code, torch or Optuna, so ``status`` and ``--help`` stay fast.
+The deeper checks that need imports (the model's constructor, sampler options, Trainer arguments) live in
+``_check.py`` and run before ``launch`` creates anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeplight._errors import SpecError
+from sweeplight._fields import (
+    as_mapping,
+    check_keys,
+    get_bool,
+    get_choice,
+    get_int,
+    get_number,
+    get_str,
+    parse_duration,
+    type_name,
+)
+from sweeplight._space import Param, parse_space
+from sweeplight._trainer_spec import TrainerConfig, parse_trainer
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsgaii")
+PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient")
+_TOP_KEYS = ("name", "root", "storage", "model", "data", "objective", "search_space", "sampler", "pruner", "budget",
+             "trainer", "executor")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A class to build (the LightningModule or LightningDataModule) and its fixed keyword arguments."""
+
+    target: str  # 'package.module:Class' or 'path/to/file.py:Class' (relative to the study file)
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # a name the module logs, e.g. 'val_acc'
+    direction: str  # 'maximize' | 'minimize'
+    value: str = "best"  # which epoch's value counts: 'best' or 'last'
+
+
+@dataclass(frozen=True)
+class Named:
+    """A sampler or pruner: an Optuna class picked by name, with its keyword options passed through."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int | None = None  # finished (complete + pruned) trials, all workers together
+    timeout: float | None = None  # seconds from launch; running trials finish, no new ones start
+    max_failures: int | None = 5  # failed trials that stop the study; null for no limit
+
+
+@dataclass(frozen=True)
+class Executor:
+    kind: str = "local"
+    workers: int = 1
+    heartbeat_interval: float = 30.0  # seconds; a running trial silent for 2 intervals is stale
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A whole study, validated. Build it with :func:`load_spec`."""
+
+    name: str
+    root: Path  # absolute; the study lives in root/name
+    storage: str  # an SQLAlchemy URL or journal:///path; defaults to SQLite in the study directory
+    model: Component
+    data: Component
+    objective: Objective
+    search_space: tuple[Param, ...]
+    sampler: Named
+    pruner: Named
+    budget: Budget
+    trainer: TrainerConfig  # validated known fields plus pass-through Trainer arguments
+    executor: Executor
+    base_dir: Path  # the study file's directory: relative model/data paths start here
+    raw: dict[str, Any]  # the resolved mapping (overrides applied), written next to the study
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.name
+
+
+def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """Read a study file (or a mapping), apply ``--set key.path=value`` overrides and validate it.
+
+    >>> spec = load_spec("studies/digits.yaml", ["budget.n_trials=4"])  # doctest: +SKIP
+    """
+    if isinstance(source, dict):
+        raw, base_dir = copy.deepcopy(source), Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError("", f"study file {str(path)!r} does not exist; pass the path of a .yaml study file")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SpecError("", f"{path} is not valid YAML{where}: {problem}") from None
+        except UnicodeDecodeError:
+            raise SpecError("", f"{path} is not a text file; pass a YAML study file") from None
+        base_dir = path.resolve().parent
+        if raw is None:
+            raise SpecError("", f"{path} is empty; see the README's study-file reference")
+    if not isinstance(raw, dict):
+        raise SpecError("", f"a study file is a mapping of fields, got {type_name(raw)}")
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_spec(raw, base_dir)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``key.path=value``; the value is read as YAML (``4`` is a number, ``[a, b]`` a list).
+
+    Keys may themselves hold dots (``search_space.trainer.gradient_clip_val.high=2``): at each level the longest
+    existing key wins.
+    """
+    if "=" not in item:
+        raise SpecError("--set", f"expected key.path=value, got {item!r}")
+    path, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    parts, node = path.strip().split("."), raw
+    if not path.strip() or any(not p for p in parts):
+        raise SpecError("--set", f"expected key.path=value, got {item!r}")
+    while parts:
+        for size in range(len(parts), 0, -1):
+            key = ".".join(parts[:size])
+            if key in node or size == 1:
+                break
+        parts = parts[size:]
+        if not parts:
+            node[key] = value
+            return
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise SpecError("--set", f"{path!r}: {key!r} holds a {type_name(child)}, not a mapping")
+        node = child
+
+
+def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
+    check_keys(raw, _TOP_KEYS, "")
+    name = get_str(raw, "name", "")
+    if not _NAME.match(name) or ".." in name:
+        raise SpecError("name", f"got {name!r}; use letters, digits, '_', '-' and '.', with no '/' or '..'")
+    root_text = raw.get("root", "runs")
+    if not isinstance(root_text, str) or not root_text:
+        raise SpecError("root", f"expected a directory path, got {type_name(root_text)} {root_text!r}")
+    root = Path(root_text).expanduser().resolve()
+    objective = _parse_objective(raw.get("objective"))
+    search_space = parse_space(raw.get("search_space"))
+    trainer = parse_trainer(raw.get("trainer"), objective, search_space)
+    spec = StudySpec(
+        name=name,
+        root=root,
+        storage="",
+        model=_parse_component(raw.get("model"), "model"),
+        data=_parse_component(raw.get("data"), "data"),
+        objective=objective,
+        search_space=search_space,
+        sampler=_parse_named(raw.get("sampler", "tpe"), "sampler", SAMPLERS),
+        pruner=_parse_named(raw.get("pruner", "median"), "pruner", PRUNERS),
+        budget=_parse_budget(raw.get("budget")),
+        trainer=trainer,
+        executor=_parse_executor(raw.get("executor", "local")),
+        base_dir=base_dir,
+        raw=raw,
+    )
+    from sweeplight._storage import resolve_storage_url
+
+    storage = resolve_storage_url(raw.get("storage"), spec.directory, base_dir)
+    return StudySpec(**{**spec.__dict__, "storage": storage})
+
+
+def _parse_component(raw: Any, where: str) -> Component:
+    if isinstance(raw, str):
+        raw = {"class": raw}
+    if raw is None:
+        raise SpecError(where, "is required; give the class as 'package.module:ClassName' or 'file.py:ClassName'")
+    mapping = as_mapping(raw, where)
+    check_keys(mapping, ("class", "args"), where)
+    target = get_str(mapping, "class", where)
+    if ":" not in target:
+        raise SpecError(f"{where}.class", f"got {target!r}; write 'package.module:ClassName' or 'file.py:ClassName'")
+    return Component(target=target, args=as_mapping(mapping.get("args"), f"{where}.args"))
+
+
+def _parse_objective(raw: Any) -> Objective:
+    if raw is None:
+        raise SpecError("objective", "is required, e.g. {metric: val_acc, direction: maximize}")
+    if isinstance(raw, list) or isinstance(raw, dict) and isinstance(raw.get("metric"), list):
+        raise SpecError("objective", "multi-objective studies are not supported yet; give one metric "
+                        "(e.g. {metric: val_acc, direction: maximize}) and log the others as plain metrics")
+    if isinstance(raw, str):
+        raise SpecError("objective", f"got {raw!r}; also give the direction: {{metric: {raw}, direction: maximize}}")
+    mapping = as_mapping(raw, "objective")
+    check_keys(mapping, ("metric", "direction", "value"), "objective")
+    return Objective(
+        metric=get_str(mapping, "metric", "objective"),
+        direction=get_choice(mapping, "direction", "objective", ("maximize", "minimize")),
+        value=get_choice(mapping, "value", "objective", ("best", "last"), "best"),
+    )
+
+
+def _parse_named(raw: Any, where: str, allowed: tuple[str, ...]) -> Named:
+    if raw is None:
+        raw = "none" if where == "pruner" else "tpe"
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    mapping = as_mapping(raw, where)
+    keys = ("name", "seed", "options") if where == "sampler" else ("name", "options")
+    check_keys(mapping, keys, where)
+    name = get_choice(mapping, "name", where, allowed)
+    seed = get_int(mapping, "seed", where, None) if where == "sampler" else None
+    return Named(name=name, options=as_mapping(mapping.get("options"), f"{where}.options"), seed=seed)
+
+
+def _parse_budget(raw: Any) -> Budget:
+    mapping = as_mapping(raw, "budget")
+    check_keys(mapping, ("n_trials", "timeout", "max_failures"), "budget")
+    budget = Budget(
+        n_trials=get_int(mapping, "n_trials", "budget", None, minimum=1),
+        timeout=parse_duration(mapping.get("timeout"), "budget.timeout"),
+        max_failures=get_int(mapping, "max_failures", "budget", 5, minimum=1),
+    )
+    if budget.n_trials is None and budget.timeout is None:
+        raise SpecError("budget", "give n_trials or timeout (or both), or the study would never end")
+    return budget
+
+
+def _parse_executor(raw: Any) -> Executor:
+    if isinstance(raw, str):
+        raw = {"kind": raw}
+    mapping = as_mapping(raw, "executor")
+    check_keys(mapping, ("kind", "workers", "heartbeat_interval"), "executor")
+    kind = get_choice(mapping, "kind", "executor", ("local", "slurm"), "local")
+    if kind == "slurm":
+        raise SpecError("executor.kind", "'slurm' is not available in this version yet; use 'local'")
+    return Executor(
+        kind=kind,
+        workers=get_int(mapping, "workers", "executor", 1, minimum=1),
+        heartbeat_interval=float(get_number(mapping, "heartbeat_interval", "executor", 30.0, minimum=1)),
+    )
+
+
+def spec_to_json(spec: StudySpec) -> dict[str, Any]:
+    """The resolved spec as written to ``<study>/spec.json``: workers rebuild the exact same spec from it."""
+    return {"raw": spec.raw, "base_dir": str(spec.base_dir), "root": str(spec.root), "storage": spec.storage}
+
+
+def spec_from_json(data: dict[str, Any]) -> StudySpec:
+    raw = dict(data["raw"], root=data["root"], storage=data["storage"])
+    return parse_spec(raw, Path(data["base_dir"]))
+
+
+__all__ = ["Budget", "Component", "Executor", "Named", "Objective", "StudySpec", "load_spec"]

@@ -1,0 +1,131 @@
+"""Where a study stands: trials by state, the best trial, and what is running (and where).
+
+Reads only the storage and the resolved spec; it never imports torch, Lightning or the user's code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeplight._spec import StudySpec, load_spec
+
+STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+@dataclass(frozen=True)
+class RunningTrial:
+    number: int
+    worker: Any
+    host: str | None
+    pid: int | None
+    started: float | None
+    last_epoch: int | None
+    last_value: float | None
+    heartbeat_age_s: float | None
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    name: str
+    storage: str  # masked
+    metric: str
+    direction: str
+    n_trials: int | None
+    counts: dict[str, int]
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    running: list[RunningTrial] = field(default_factory=list)
+    stopped_message: str = ""
+    failures_this_launch: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def resolve(target: str | Path | StudySpec) -> StudySpec:
+    """A study file, a study directory (holding spec.json) or a spec."""
+    if isinstance(target, StudySpec):
+        return target
+    path = Path(target)
+    if path.is_dir():
+        from sweeplight._spec import spec_from_json
+
+        if not (path / "spec.json").is_file():
+            from sweeplight._errors import SpecError
+
+            raise SpecError("", f"{path} is not a study directory (no spec.json); pass the study file or runs/<name>")
+        return spec_from_json(json.loads((path / "spec.json").read_text()))
+    return load_spec(path)
+
+
+def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None) -> StudyStatus:
+    from optuna.trial import TrialState
+
+    from sweeplight._storage import load_study, mask_url
+
+    spec = resolve(target)
+    study = load_study(spec)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: 0 for state in STATES}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if complete:
+        pick = max if spec.objective.direction == "maximize" else min
+        best = pick(complete, key=lambda t: t.value)
+    now = time.time()
+    running = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        attrs = t.system_attrs
+        last = t.last_step
+        beat = attrs.get("sweeplight:heartbeat")
+        running.append(RunningTrial(
+            number=t.number, worker=attrs.get("sweeplight:worker"), host=attrs.get("sweeplight:host"),
+            pid=attrs.get("sweeplight:pid"), started=t.datetime_start.timestamp() if t.datetime_start else None,
+            last_epoch=last, last_value=t.intermediate_values.get(last) if last is not None else None,
+            heartbeat_age_s=round(now - beat, 1) if beat else None))
+    failures = sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
+                   and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials) if launch_id else 0
+    stopped = study._storage.get_study_system_attrs(study._study_id).get("sweeplight:stopped") or ""
+    return StudyStatus(
+        name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,
+        direction=spec.objective.direction, n_trials=spec.budget.n_trials, counts=counts,
+        best_number=best.number if best else None, best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {}, running=running, stopped_message=stopped,
+        failures_this_launch=failures)
+
+
+def format_status(status: StudyStatus) -> str:
+    counts = status.counts
+    budget = f" of {status.n_trials}" if status.n_trials else ""
+    lines = [
+        f"study {status.name}  ({status.direction} {status.metric})  storage {status.storage}",
+        f"finished {status.finished}{budget}: " + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATES),
+    ]
+    if status.best_number is not None:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in status.best_params.items())
+        lines.append(f"best: trial {status.best_number}  {status.metric}={_fmt(status.best_value)}  {params}")
+    else:
+        lines.append("best: none yet (no complete trial)")
+    if status.stopped_message:
+        lines.append(f"stopped: {status.stopped_message}")
+    for r in status.running:
+        where = f"worker {r.worker} on {r.host} pid {r.pid}" if r.host else "worker ?"
+        epoch = f"epoch {r.last_epoch} {status.metric}={_fmt(r.last_value)}" if r.last_epoch is not None else \
+            "no epoch yet"
+        beat = f"heartbeat {r.heartbeat_age_s:.0f} s ago" if r.heartbeat_age_s is not None else ""
+        lines.append(f"running: trial {r.number}  {where}  {epoch}  {beat}".rstrip())
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,236 @@
+"""Run one trial: data → model → callbacks → logger → Trainer → (LR finder) → fit → test → results.
+
+The same function runs on every DDP rank; only rank 0 is handed the Optuna trial and writes results.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeplight._callbacks import TrialPrunedSignal, trial_monitor_class
+from sweeplight._check import Components, split_params
+from sweeplight._errors import TrialConfigError
+from sweeplight._spec import StudySpec
+from sweeplight._summary import (
+    SCHEMA_VERSION,
+    git_commit,
+    host_context,
+    peak_rss_mb,
+    reset_peak_rss,
+    versions,
+)
+from sweeplight._trainer_spec import TrainerConfig, trainer_for_trial
+
+
+@dataclass
+class TrialOutcome:
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    config_error: TrialConfigError | None = None  # the study itself is misconfigured: stop every worker
+
+
+def run_trial(
+    spec: StudySpec,
+    components: Components,
+    *,
+    number: int,
+    params: Mapping[str, Any],
+    trial: Any,
+    trial_dir: Path,
+    rank: int = 0,
+) -> TrialOutcome:
+    """Train one configuration. Never raises for a failing trial: the failure is the outcome."""
+    pl = importlib.import_module(components.namespace)
+    started, clock = time.time(), time.perf_counter()
+    reset_peak_rss()
+    _reset_gpu_peak()
+    state, error, config_error, stop_reason = "FAIL", None, None, "failed"
+    monitor = trainer = early_stopping = checkpoint = config = None
+    lr_info: dict[str, Any] | None = None
+    test_metrics: dict[str, float] = {}
+    param_count = None
+    try:
+        config = trainer_for_trial(spec.raw.get("trainer"), spec.objective, params)
+        model_kwargs, data_kwargs, _ = split_params(spec, components, params)
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        datamodule = components.data_cls(**data_kwargs)
+        model = components.model_cls(**model_kwargs)
+        param_count = sum(p.numel() for p in model.parameters())
+        required = (config.early_stopping["monitor"],) if config.early_stopping else ()
+        monitor = trial_monitor_class(components.namespace)(
+            metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0)
+        callbacks, early_stopping, checkpoint = _callbacks(pl, config, monitor, trial_dir, spec)
+        logger = pl.loggers.TensorBoardLogger(save_dir=str(trial_dir.parent), name="", version=trial_dir.name,
+                                              default_hp_metric=False)
+        try:
+            trainer = pl.Trainer(
+                max_epochs=config.max_epochs, min_epochs=config.min_epochs, precision=config.precision,
+                accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+                callbacks=callbacks, logger=logger, default_root_dir=str(trial_dir),
+                enable_progress_bar=config.enable_progress_bar, **config.args)
+        except Exception as exc:  # noqa: BLE001 - Lightning's own misconfiguration messages
+            raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
+        if config.lr_find:
+            lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)
+        trainer.fit(model, datamodule=datamodule)
+        test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
+        state = "COMPLETE"
+        stop_reason = _stop_reason(trainer, early_stopping, config)
+    except TrialPrunedSignal:
+        state, stop_reason = "PRUNED", "pruned"
+    except TrialConfigError as exc:
+        config_error, error = exc, str(exc)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything; the trial fails, the worker goes on
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-8)}"
+    history = monitor.history if monitor is not None else []
+    value = _objective_value(spec, history, state)
+    if state == "COMPLETE" and value is None:
+        state, stop_reason = "FAIL", "failed"
+        error = f"no validation epoch logged {spec.objective.metric!r}; the trial cannot be scored"
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "study": spec.name,
+        "trial": number,
+        "state": state,
+        "params": dict(params),
+        "objective": {"metric": spec.objective.metric, "direction": spec.objective.direction,
+                      "which": spec.objective.value, "value": value},
+        "metrics": {"best": _best_metrics(history, spec), "last": _last(history), "test": test_metrics},
+        "history": history,
+        "intermediate_values": {str(h["epoch"]): h.get(spec.objective.metric) for h in history},
+        "epochs": len(history),
+        "stop_reason": stop_reason,
+        "error": error,
+        "checkpoints": {"best": _path(checkpoint, "best_model_path"), "last": _path(checkpoint, "last_model_path")},
+        "lr_find": lr_info,
+        "swa": config.swa if config else None,
+        "precision": config.precision if config else None,
+        "accelerator": config.accelerator if config else None,
+        "devices": config.devices if config else None,
+        "strategy": config.strategy if config else None,
+        "seed": config.seed if config else None,
+        "param_count": param_count,
+        "wall_time_s": round(time.perf_counter() - clock, 3),
+        "epoch_times_s": [h["time_s"] for h in history],
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mem_mb": _gpu_peak(),
+        "started_at": started,
+        "finished_at": time.time(),
+        "versions": versions(),
+        "git_commit": git_commit(str(spec.base_dir)),
+        "lightning_namespace": components.namespace,
+        **host_context(),
+    }
+    return TrialOutcome(state=state, value=value, summary=summary, config_error=config_error)
+
+
+def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, spec: StudySpec) -> tuple:
+    mode = "max" if spec.objective.direction == "maximize" else "min"
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=str(trial_dir / "checkpoints"), filename="best-{epoch:03d}", monitor=spec.objective.metric,
+        mode=mode, save_top_k=config.checkpoint["save_top_k"], save_last=config.checkpoint["save_last"])
+    callbacks = [monitor, checkpoint, pl.callbacks.LearningRateMonitor(logging_interval="epoch")]
+    early_stopping = None
+    if config.early_stopping:
+        early_stopping = pl.callbacks.EarlyStopping(**config.early_stopping)
+        callbacks.append(early_stopping)
+    if config.swa:
+        swa = config.swa
+        callbacks.append(pl.callbacks.StochasticWeightAveraging(
+            swa_lrs=swa["lrs"], swa_epoch_start=swa["epoch_start"], annealing_epochs=swa["annealing_epochs"],
+            annealing_strategy=swa["annealing_strategy"]))
+    return callbacks, early_stopping, checkpoint
+
+
+def _lr_find(pl: Any, trainer: Any, model: Any, datamodule: Any, config: TrainerConfig, spec: StudySpec,
+             params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run Lightning's LR finder; use its suggestion unless the learning rate is itself searched."""
+    options = config.lr_find or {}
+    attr = options.get("attr") or next((a for a in ("lr", "learning_rate") if hasattr(model, a)), None)
+    if attr is None or not hasattr(model, attr):
+        raise TrialConfigError("trainer.lr_find: the model has no 'lr' or 'learning_rate' attribute; set self.lr in "
+                               "__init__ and use it in configure_optimizers, or name it with trainer.lr_find.attr")
+    searched = any(name.split(".")[-1] == attr and not name.startswith(("data.", "trainer.")) for name in params)
+    finder = pl.tuner.Tuner(trainer).lr_find(
+        model, datamodule=datamodule, min_lr=options["min_lr"], max_lr=options["max_lr"],
+        num_training=options["num_training"], mode=options["mode"], attr_name=attr, update_attr=not searched)
+    suggestion = finder.suggestion() if finder is not None else None
+    return {"suggestion": suggestion, "used": bool(suggestion is not None and not searched), "attr": attr,
+            "lr": float(getattr(model, attr))}
+
+
+def _test(pl: Any, trainer: Any, model: Any, datamodule: Any, checkpoint: Any) -> dict[str, float]:
+    """Test the best checkpoint when the data module has test data and the model a test_step."""
+    helpers = importlib.import_module(f"{pl.__name__}.utilities.model_helpers")
+    if not (helpers.is_overridden("test_step", model) and helpers.is_overridden("test_dataloader", datamodule)):
+        return {}
+    ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    merged: dict[str, float] = {}
+    for result in results or []:
+        merged.update({k: float(v) for k, v in result.items()})
+    return merged
+
+
+def _stop_reason(trainer: Any, early_stopping: Any, config: TrainerConfig) -> str:
+    if early_stopping is not None and early_stopping.stopped_epoch > 0:
+        return "early_stopping"
+    if config.args.get("fast_dev_run"):
+        return "fast_dev_run"
+    if trainer.current_epoch >= config.max_epochs:
+        return "max_epochs"
+    for limit in ("max_steps", "max_time"):
+        if config.args.get(limit) not in (None, -1):
+            return limit
+    return "max_epochs" if not trainer.interrupted else "interrupted"
+
+
+def _objective_value(spec: StudySpec, history: list[dict[str, Any]], state: str) -> float | None:
+    values = [h[spec.objective.metric] for h in history if spec.objective.metric in h]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    if state == "PRUNED" or spec.objective.value == "last":
+        return values[-1]
+    return max(values) if spec.objective.direction == "maximize" else min(values)
+
+
+def _best_metrics(history: list[dict[str, Any]], spec: StudySpec) -> dict[str, Any]:
+    """All metrics of the epoch where the objective was best."""
+    scored = [h for h in history if h.get(spec.objective.metric) is not None]
+    if not scored:
+        return {}
+    pick = max if spec.objective.direction == "maximize" else min
+    return dict(pick(scored, key=lambda h: h[spec.objective.metric]))
+
+
+def _last(history: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(history[-1]) if history else {}
+
+
+def _path(checkpoint: Any, attr: str) -> str | None:
+    value = getattr(checkpoint, attr, "") if checkpoint is not None else ""
+    return value or None
+
+
+def _reset_gpu_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _gpu_peak() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -1,0 +1,273 @@
+"""A worker: pull trials from the shared study until the budget is met.
+
+The study is the queue: any number of workers (local processes now, SLURM jobs later) run this loop against the
+same storage. A file lock around "check the budget, then ask" keeps the number of trials exact; a heartbeat on the
+running trial lets any worker fail (and re-queue) the trial of a worker that died without warning.
+
+    python -m sweeplight._worker work runs/digits --launch-id ID --deadline EPOCH_SECONDS
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sweeplight._errors import SweeplightError
+
+STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
+HEARTBEAT = "sweeplight:heartbeat"
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 143
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the worker: record the running trial as interrupted and leave."""
+
+
+def read_spec(study_dir: Path) -> Any:
+    from sweeplight._spec import spec_from_json
+
+    return spec_from_json(json.loads((study_dir / "spec.json").read_text()))
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    return study_dir / "trials" / str(number)
+
+
+def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int) -> int:
+    """Run trials until the budget, the deadline or a stop; returns the process exit code."""
+    import optuna
+
+    from sweeplight._check import resolve_components
+    from sweeplight._samplers import build_pruner, build_sampler
+    from sweeplight._space import sample
+    from sweeplight._storage import load_study, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = read_spec(study_dir)
+    components = resolve_components(spec)
+    study = load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    heartbeat_storage = open_storage(spec.storage)
+    print(f"worker {worker} (pid {os.getpid()}) on study {spec.name!r}", flush=True)
+    while True:
+        with _file_lock(study_dir / ".ask.lock"):
+            reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline)
+            if reason is not None:
+                print(f"worker {worker}: stopping ({reason})", flush=True)
+                return EXIT_CONFIG if reason.startswith("config error") else 0
+            trial = study.ask()
+            params = sample(spec.search_space, trial)
+            for key, value in {"launch": launch_id, "worker": worker, "pid": os.getpid(),
+                               "host": os.uname().nodename, HEARTBEAT: time.time()}.items():
+                study._storage.set_trial_system_attr(trial._trial_id, key if key == HEARTBEAT else
+                                                     f"sweeplight:{key}", value)
+        code = _run_one(spec, components, study, trial, params, heartbeat_storage)
+        if code is not None:
+            return code
+
+
+def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, heartbeat_storage: Any) -> int | None:
+    from optuna.trial import TrialState
+
+    from sweeplight._ddp import ddp_ranks, world_size
+    from sweeplight._summary import write_json_atomic
+    from sweeplight._trainer_spec import trainer_for_trial
+    from sweeplight._trial import TrialOutcome, run_trial
+
+    directory = trial_dir(spec.directory, trial.number)
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
+    size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
+    payload = {"number": trial.number, "params": params}
+    interrupted = False
+    with _heartbeat(heartbeat_storage, trial._trial_id, spec.executor.heartbeat_interval):
+        try:
+            with ddp_ranks(size, directory, payload) as ranks:
+                outcome = run_trial(spec, components, number=trial.number, params=params, trial=trial,
+                                    trial_dir=directory)
+                ranks["ok"] = outcome.state != "FAIL"
+        except Interrupted:
+            interrupted = True
+            outcome = TrialOutcome(state="FAIL", value=None, summary={
+                "schema_version": 1, "study": spec.name, "trial": trial.number, "state": "FAIL",
+                "params": params, "stop_reason": "interrupted", "error": "worker interrupted (SIGTERM/SIGINT)"})
+    summary = outcome.summary
+    if interrupted:
+        summary["stop_reason"] = "interrupted"
+    write_json_atomic(directory / "summary.json", summary)  # durable before the study is told
+    if outcome.state == "COMPLETE":
+        from sweeplight._tensorboard import hparams_row, write_hparams
+
+        _hparams(spec, params, outcome, hparams_row, write_hparams, directory)
+    elif outcome.state == "PRUNED" and outcome.value is not None:
+        from sweeplight._tensorboard import hparams_row, write_hparams
+
+        _hparams(spec, params, outcome, hparams_row, write_hparams, directory)
+    storage = study._storage
+    for key, value in (("stop_reason", summary.get("stop_reason")), ("summary", str(directory / "summary.json")),
+                       ("epochs", summary.get("epochs")), ("error", (summary.get("error") or "")[:2000] or None)):
+        if value is not None:
+            _retry(lambda k=key, v=value: storage.set_trial_system_attr(trial._trial_id, f"sweeplight:{k}", v))
+    state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
+    value = outcome.value if state == TrialState.COMPLETE else None
+    _retry(lambda: study.tell(trial, value, state=state, skip_if_finished=True))
+    shown = f"{outcome.value:.6g}" if outcome.value is not None else "-"
+    print(f"trial {trial.number}: {outcome.state} value={shown} ({summary.get('stop_reason')})", flush=True)
+    if outcome.state == "FAIL" and summary.get("error") and not interrupted:
+        print(f"trial {trial.number} error: {summary['error']}", file=sys.stderr, flush=True)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if outcome.config_error is not None:
+        _retry(lambda: storage.set_study_system_attr(study._study_id, STOP_ATTR, str(outcome.config_error)))
+        print(f"error: {outcome.config_error}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    return None
+
+
+def _hparams(spec: Any, params: dict, outcome: Any, hparams_row: Any, write_hparams: Any, directory: Path) -> None:
+    metrics = {"hp_metric": float(outcome.value)}
+    metrics.update({k: float(v) for k, v in outcome.summary.get("metrics", {}).get("test", {}).items()})
+    write_hparams(directory, hparams_row(spec.search_space, params), metrics)
+
+
+def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None) -> str | None:
+    """Why no new trial may start, or None. Also fails trials whose worker stopped sending heartbeats."""
+    from optuna.trial import TrialState
+
+    message = study._storage.get_study_system_attrs(study._study_id).get(STOP_ATTR)
+    if message:
+        return f"config error: {message}"
+    if deadline is not None and time.time() >= deadline:
+        return "budget.timeout reached"
+    trials = study.get_trials(deepcopy=False)
+    fail_stale(study, trials, spec.executor.heartbeat_interval)
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    failed = sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
+                 and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials)
+    if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
+        return f"budget.max_failures reached ({failed} failed trials)"
+    if spec.budget.n_trials is not None and finished + running >= spec.budget.n_trials:
+        return f"budget.n_trials reached ({finished} finished, {running} running)"
+    return None
+
+
+def fail_stale(study: Any, trials: list, interval: float) -> list[int]:
+    """Mark RUNNING trials whose heartbeat is older than two intervals (+10 s) as FAIL; return their numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    now, stale = time.time(), []
+    for t in trials:
+        beat = t.system_attrs.get(HEARTBEAT)
+        if t.state == TrialState.RUNNING and beat is not None and now - beat > 2 * interval + 10:
+            try:
+                study._storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "stale")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                stale.append(t.number)
+            except (UpdateFinishedTrialError, RuntimeError):
+                continue
+    return stale
+
+
+@contextlib.contextmanager
+def _heartbeat(storage: Any, trial_id: int, interval: float) -> Iterator[None]:
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(interval):
+            with contextlib.suppress(Exception):
+                storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+    thread = threading.Thread(target=beat, name="sweeplight-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _retry(call: Any, attempts: int = 6, first_delay: float = 0.5) -> Any:
+    """Storage writes retry with backoff: a locked SQLite file or a brief outage must not lose a result."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return call()
+        except UpdateFinishedTrialError:
+            return None
+        except Exception:  # noqa: BLE001
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay *= 2
+    return None
+
+
+def follower(directory: Path) -> int:
+    """DDP rank > 0: train the same parameters as rank 0; never talks to the study."""
+    from sweeplight._check import resolve_components
+    from sweeplight._trial import run_trial
+
+    spec = read_spec(directory.parent.parent)
+    payload = json.loads((directory / "ddp.json").read_text())
+    outcome = run_trial(spec, resolve_components(spec), number=payload["number"], params=payload["params"],
+                        trial=None, trial_dir=directory, rank=int(os.environ.get("LOCAL_RANK", "1")))
+    return 0 if outcome.state != "FAIL" else 1
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Interrupted()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeplight._worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("work", help="run trials of the study in STUDY_DIR until its budget is met")
+    w.add_argument("study_dir", type=Path)
+    w.add_argument("--launch-id", default="manual")
+    w.add_argument("--deadline", type=float, default=None)
+    w.add_argument("--worker", type=int, default=0)
+    f = sub.add_parser("follower", help="(internal) a DDP rank > 0 of the trial in TRIAL_DIR")
+    f.add_argument("trial_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "follower":
+        return follower(args.trial_dir)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    try:
+        return work(args.study_dir.resolve(), launch_id=args.launch_id, deadline=args.deadline, worker=args.worker)
+    except SweeplightError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except Interrupted:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The ``sweeplight`` command. Heavy imports happen inside the commands, so ``--help`` answers at once.
+
+Exit codes: 0 success, 1 the study stopped early (too many failed trials, a worker crashed), 2 bad input
+(study file, overrides, storage) with nothing created, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EPILOG = "Exit codes: 0 ok, 1 study stopped early, 2 bad input (nothing created), 130 interrupted."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sweeplight", description="Hyperparameter sweeps of Lightning modules with Optuna, locally or on SLURM.",
+        epilog=EPILOG)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+    study = groups.add_parser("study", help="launch, inspect and validate studies", description="Study commands.",
+                              epilog=EPILOG)
+    verbs = study.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    launch = verbs.add_parser(
+        "launch", help="create or resume a study and run it to its budget",
+        description="Create the study (or resume it: finished trials count toward the budget) and run its workers "
+                    "until the budget is met. Example: sweeplight study launch studies/digits.yaml "
+                    "--set budget.n_trials=4", epilog=EPILOG)
+    launch.add_argument("study", help="the study file (YAML)")
+    _add_set(launch)
+    launch.add_argument("--workers", type=int, default=None, help="override executor.workers")
+    launch.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
+
+    status = verbs.add_parser("status", help="trials by state, the best trial, and what is running",
+                              description="Show a study's trials by state, its best trial and its running trials.",
+                              epilog=EPILOG)
+    status.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    validate = verbs.add_parser(
+        "validate", help="check a study file without creating anything",
+        description="Run every check launch runs (imports the model and data classes, checks names and options) "
+                    "and create nothing.", epilog=EPILOG)
+    validate.add_argument("study", help="the study file (YAML)")
+    _add_set(validate)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a study-file field, e.g. --set budget.n_trials=4 (repeatable)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(f"sweeplight {version('sweeplight')}")
+        return 0
+    if args.group is None:
+        parser.print_help()
+        return 0
+    from sweeplight._errors import SweeplightError
+
+    try:
+        return _run(args)
+    except SweeplightError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: workers stopped; running trials are recorded as interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.verb == "launch":
+        from sweeplight._launch import launch
+
+        if args.workers is not None and args.workers < 1:
+            from sweeplight._errors import SpecError
+
+            raise SpecError("--workers", f"must be >= 1, got {args.workers}")
+        result = launch(args.study, overrides=args.overrides, workers=args.workers, progress=not args.no_progress)
+        from sweeplight._status import format_status
+
+        print(format_status(result.status))
+        print(f"done: {result.stop_reason}; results in {result.directory}")
+        return 0
+    if args.verb == "status":
+        from sweeplight._status import format_status, read_status
+
+        status = read_status(args.study)
+        if args.json:
+            import dataclasses
+            import json
+
+            print(json.dumps(dataclasses.asdict(status), indent=2, default=str))
+        else:
+            print(format_status(status))
+        return 0
+    if args.verb == "validate":
+        from sweeplight._check import check_spec
+        from sweeplight._spec import load_spec
+
+        spec = load_spec(args.study, args.overrides)
+        components = check_spec(spec)
+        print(f"ok: study {spec.name!r}, {len(spec.search_space)} parameters, model "
+              f"{components.model_cls.__name__}, data {components.data_cls.__name__}, storage "
+              f"{_masked(spec.storage)}")
+        return 0
+    raise AssertionError(args.verb)
+
+
+def _masked(url: str) -> str:
+    from sweeplight._storage import mask_url
+
+    return mask_url(url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
