@@ -41,16 +41,16 @@ def trial_monitor_class(namespace: str) -> type:
             self._epoch_started = time.perf_counter()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self._merge_train_metrics(trainer)
             self._epoch_started = time.perf_counter()
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking:
                 return
-            metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items()}
-            metrics = {k: v for k, v in metrics.items() if v is not None}
+            metrics = {k: v for k, v in _validation_metrics(trainer).items() if v is not None}
             for name in (self.metric, *self.required):
                 if name not in metrics:
-                    logged = ", ".join(sorted(metrics)) or "(nothing)"
+                    logged = ", ".join(sorted(set(metrics) | set(trainer.callback_metrics))) or "(nothing)"
                     field = "objective.metric" if name == self.metric else "trainer.early_stopping.monitor"
                     raise TrialConfigError(f"{field}: the module never logs {name!r}; metrics logged after the first"
                                            f" validation epoch: {logged}; log it with self.log({name!r}, ...) or "
@@ -61,9 +61,7 @@ def trial_monitor_class(namespace: str) -> type:
                 self.history[-1] = entry  # several validations per epoch: keep the last
             else:
                 self.history.append(entry)
-            if self.verbose:
-                shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-                print(f"trial {self.number} epoch {epoch}: {shown} ({entry['time_s']:.2f} s)", flush=True)
+            self._print(entry, "")
             prune = False
             if self.trial is not None:
                 value = metrics[self.metric]
@@ -74,7 +72,39 @@ def trial_monitor_class(namespace: str) -> type:
                 self.pruned = True
                 raise TrialPrunedSignal(f"pruned at epoch {epoch}")
 
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self._merge_train_metrics(trainer)
+
+        def _merge_train_metrics(self, trainer: Any) -> None:
+            # Lightning reduces an epoch's training metrics after its validation and after the callbacks'
+            # on_train_epoch_end, so they are read at the next epoch's start (or at the end of training).
+            if not self.history:
+                return
+            entry = self.history[-1]
+            for key, value in trainer.callback_metrics.items():
+                scalar = _scalar(value)
+                if scalar is not None:
+                    entry.setdefault(key, scalar)
+
+        def _print(self, entry: dict[str, Any], note: str) -> None:
+            if self.verbose:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(entry.items()) if k not in ("epoch", "time_s"))
+                print(f"trial {self.number} epoch {entry['epoch']}: {shown} ({entry['time_s']:.2f} s){note}",
+                      flush=True)
+
     return TrialMonitor
+
+
+def _validation_metrics(trainer: Any) -> dict[str, float | None]:
+    """Metrics logged by this validation run only; ``callback_metrics`` also holds last epoch's training values.
+
+    Lightning exposes the running loop's results only privately, so fall back to ``callback_metrics``.
+    """
+    try:
+        fresh = trainer._results.metrics(False)["callback"]
+    except Exception:  # noqa: BLE001 - private API; the fallback is merely less precise
+        fresh = trainer.callback_metrics
+    return {k: _scalar(v) for k, v in fresh.items()}
 
 
 def _scalar(value: Any) -> float | None:
