@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeplight._errors import SpecError
-from sweeplight._fields import did_you_mean
+from sweeplight._fields import did_you_mean, key_text, show
 from sweeplight._imports import accepted_arguments, import_class, lightning_namespace
 from sweeplight._spec import StudySpec
 
@@ -31,12 +31,14 @@ def resolve_components(spec: StudySpec) -> Components:
     namespace = lightning_namespace(model_cls)
     pl = importlib.import_module(namespace)
     if not issubclass(model_cls, pl.LightningModule):
-        raise SpecError("model.class", f"{spec.model.target!r} is not a LightningModule subclass")
+        hint = ("; it is a LightningDataModule: give it as data.class" if issubclass(model_cls, pl.LightningDataModule)
+                else "; derive the model from lightning.pytorch.LightningModule")
+        raise SpecError("model.class", f"{show(spec.model.target)} is not a LightningModule subclass{hint}")
     if not issubclass(data_cls, pl.LightningDataModule):
         other = "lightning.pytorch" if namespace == "pytorch_lightning" else "pytorch_lightning"
         hint = (f" (it derives from {other}'s class; use one package for both)"
                 if lightning_namespace(data_cls) != namespace else "")
-        raise SpecError("data.class", f"{spec.data.target!r} is not a {namespace}.LightningDataModule{hint}")
+        raise SpecError("data.class", f"{show(spec.data.target)} is not a {namespace}.LightningDataModule{hint}")
     return Components(model_cls=model_cls, data_cls=data_cls, namespace=namespace)
 
 
@@ -49,9 +51,9 @@ def split_params(spec: StudySpec, components: Components, params: Mapping[str, A
         target, key = _target(name)
         if target == "trainer":
             trainer[name] = value
-        if target in ("model", "auto") and (key in model_names or model_any and target == "model"):
+        if target in ("model", "auto") and (key in model_names or (model_any and target == "model")):
             model_kwargs[key] = value
-        if target in ("data", "auto") and (key in data_names or data_any and target == "data"):
+        if target in ("data", "auto") and (key in data_names or (data_any and target == "data")):
             data_kwargs[key] = value
     return model_kwargs, data_kwargs, trainer
 
@@ -68,7 +70,7 @@ def check_spec(spec: StudySpec) -> Components:
                                             ("data.args", spec.data.args, data_names, data_any, components.data_cls)):
         for key in args:
             if key not in names and not any_ok:
-                raise SpecError(f"{where}.{key}", f"{cls.__name__}.__init__ has no argument {key!r}"
+                raise SpecError(f"{where}.{key_text(key)}", f"{cls.__name__}.__init__ has no argument {show(key)}"
                                 f"{did_you_mean(key, names)}; it accepts: {', '.join(sorted(names)) or '(none)'}")
     for param in spec.search_space:
         target, key = _target(param.name)
@@ -102,9 +104,29 @@ def _check_trainer_args(spec: StudySpec, components: Components) -> None:
         if key in _OWN or key in ALIASES:
             continue
         if key not in accepted:
-            field = f"trainer.{key}" if key in spec.trainer.args else f"search_space.trainer.{key}"
+            field = f"trainer.{key_text(key)}" if key in spec.trainer.args else f"search_space.trainer.{key}"
             raise SpecError(field, f"is not a Trainer argument{did_you_mean(key, accepted | set(_OWN))}; see the "
                             "README's trainer reference")
+    _check_registered(spec, components.namespace)
+
+
+def _check_registered(spec: StudySpec, namespace: str) -> None:
+    """Accelerator and strategy names: Lightning only rejects a typo when each trial builds its Trainer."""
+    import importlib
+
+    accelerators = importlib.import_module(f"{namespace}.accelerators").AcceleratorRegistry
+    strategies = importlib.import_module(f"{namespace}.strategies").StrategyRegistry
+    known = {"accelerator": {"auto", "gpu", *accelerators.available_accelerators()},
+             "strategy": {"auto", *strategies.available_strategies()}}
+    used = [(f"trainer.{key}", key, getattr(spec.trainer, key)) for key in known]
+    for param in spec.search_space:
+        if param.target == "trainer" and param.key in known:
+            values = param.choices if param.type == "categorical" else (param.value,)
+            used += [(f"search_space.{param.name}", param.key, value) for value in values]
+    for field, key, name in used:
+        if isinstance(name, str) and name not in known[key]:
+            raise SpecError(field, f"got {show(name)}{did_you_mean(name, known[key])}; allowed: "
+                            f"{', '.join(sorted(known[key]))}")
 
 
 def _target(name: str) -> tuple[str, str]:

@@ -7,12 +7,36 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sweeplight._errors import SpecError
 
 _MISSING = object()
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,79}$")
+# A value quoted in an error stays short and on one line, however big the value (YAML aliases can make it huge).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 80, 80, 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+
+
+def show(value: Any) -> str:
+    """``repr`` for error messages: one line, at most ~80 characters per string, a few items per container."""
+    return _SHORT.repr(value)
+
+
+def key_text(key: Any) -> str:
+    """A key as it appears in a field path: plain keys as written, anything odd (newlines, long, not a string)
+    quoted, so a hostile key cannot break the one-line error."""
+    return key if isinstance(key, str) and _PLAIN_KEY.match(key) else show(key)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Someone else's error text (user code, Optuna, a driver) folded into one line of at most ``limit`` chars."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def type_name(value: Any) -> str:
@@ -32,9 +56,11 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def did_you_mean(word: str, allowed: Iterable[str]) -> str:
+def did_you_mean(word: Any, allowed: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' when a close match exists, else ''."""
-    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.6)
+    if not isinstance(word, str) or len(word) > 200:
+        return ""
+    close = difflib.get_close_matches(word, [str(a) for a in allowed], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -43,7 +69,7 @@ def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], where: str) -
     allowed = list(allowed)
     for key in mapping:
         if key not in allowed:
-            field = f"{where}.{key}" if where else str(key)
+            field = f"{where}.{key_text(key)}" if where else key_text(key)
             raise SpecError(
                 field,
                 f"unknown key{did_you_mean(key, allowed)}; allowed keys here: {', '.join(allowed)}",
@@ -54,10 +80,10 @@ def as_mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise SpecError(where, f"expected a mapping (key: value lines), got {type_name(value)} {value!r}")
+        raise SpecError(where, f"expected a mapping (key: value lines), got {type_name(value)} {show(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise SpecError(where, f"keys must be strings, got {type_name(key)} {key!r}; quote the key")
+            raise SpecError(where, f"keys must be strings, got {type_name(key)} {show(key)}; quote the key")
     return dict(value)
 
 
@@ -68,14 +94,15 @@ def get_str(m: Mapping[str, Any], key: str, where: str, default: Any = _MISSING)
     if value is None and default is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise SpecError(f"{where}.{key}".lstrip("."), f"expected a non-empty string, got {type_name(value)} {value!r}")
+        field = f"{where}.{key}".lstrip(".")
+        raise SpecError(field, f"expected a non-empty string, got {type_name(value)} {show(value)}")
     return value
 
 
 def get_bool(m: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
     value = m.get(key, default)
     if not isinstance(value, bool):
-        raise SpecError(f"{where}.{key}".lstrip("."), f"expected true or false, got {type_name(value)} {value!r}")
+        raise SpecError(f"{where}.{key}".lstrip("."), f"expected true or false, got {type_name(value)} {show(value)}")
     return value
 
 
@@ -91,7 +118,7 @@ def get_int(
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(field, f"expected an integer, got {type_name(value)} {value!r}")
+        raise SpecError(field, f"expected an integer, got {type_name(value)} {show(value)}")
     if minimum is not None and value < minimum:
         raise SpecError(field, f"must be >= {minimum}, got {value}")
     return value
@@ -118,11 +145,11 @@ def to_number(value: Any, field: str) -> float | int:
         try:
             value = float(value)
         except ValueError:
-            raise SpecError(field, f"expected a number, got string {value!r}") from None
+            raise SpecError(field, f"expected a number, got string {show(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(field, f"expected a number, got {type_name(value)} {value!r}")
+        raise SpecError(field, f"expected a number, got {type_name(value)} {show(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(field, f"must be a finite number, got {value!r}")
+        raise SpecError(field, f"must be a finite number, got {show(value)}")
     return value
 
 
@@ -134,7 +161,7 @@ def get_choice(m: Mapping[str, Any], key: str, where: str, allowed: Iterable[str
         raise SpecError(field, f"is required; one of: {', '.join(allowed)}")
     if value not in allowed:
         hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
-        raise SpecError(field, f"got {value!r}{hint}; allowed: {', '.join(allowed)}")
+        raise SpecError(field, f"got {show(value)}{hint}; allowed: {', '.join(allowed)}")
     return value
 
 
@@ -146,6 +173,10 @@ def parse_duration(value: Any, field: str) -> float | None:
         text, total, number = value.strip().lower(), 0.0, ""
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
         try:
+            if re.fullmatch(r"[0-9.]+e[-+]?[0-9]+", text):  # YAML 1.1 reads 1e3 (no dot) as a string
+                text = f"{float(text)}s"
+            if not text:
+                raise ValueError(text)
             for char in text:
                 if char.isdigit() or char == ".":
                     number += char
@@ -155,9 +186,11 @@ def parse_duration(value: Any, field: str) -> float | None:
                     raise ValueError(char)
             total += float(number) if number else 0.0
         except ValueError:
-            raise SpecError(field, f"expected seconds or a duration like '30m', '2h', '1h30m', got {value!r}") from None
+            raise SpecError(
+                field, f"expected seconds or a duration like '30m', '2h', '1h30m', got {show(value)}"
+            ) from None
         value = total
     seconds = to_number(value, field)
     if seconds <= 0:
-        raise SpecError(field, f"must be positive, got {value!r}; leave it out for no limit")
+        raise SpecError(field, f"must be positive, got {show(value)}; leave it out for no limit")
     return float(seconds)

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SpecError
+from sweeplight._fields import did_you_mean, one_line, show
 
 
 def import_class(target: str, *, base_dir: Path, field: str) -> type:
     """Return the class named by ``target``; every failure is one line naming ``field``."""
     module_part, _, class_name = target.rpartition(":")
     if not module_part or not class_name:
-        raise SpecError(field, f"got {target!r}; write 'package.module:ClassName' or 'file.py:ClassName'")
+        raise SpecError(field, f"got {show(target)}; write 'package.module:ClassName' or 'file.py:ClassName'")
     for entry in (str(base_dir), str(Path.cwd())):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -31,19 +32,29 @@ def import_class(target: str, *, base_dir: Path, field: str) -> type:
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as exc:
             if exc.name and module_part.startswith(exc.name):
-                raise SpecError(field, f"cannot import module {module_part!r} ({exc}); check the spelling, install "
-                                f"the package, or give a file path like 'my_module.py:{class_name}'") from None
-            raise SpecError(field, f"importing {module_part!r} failed: {exc}; install the missing package") from None
-        except Exception as exc:  # noqa: BLE001 - user code may raise anything on import
-            raise SpecError(field, f"importing {module_part!r} raised {type(exc).__name__}: {exc}") from None
+                raise SpecError(field, f"cannot import module {show(module_part)} ({one_line(str(exc))}); check the "
+                                f"spelling, install the package, or give a file path like 'my_module.py:"
+                                f"{class_name}'") from None
+            raise SpecError(field, f"importing {show(module_part)} failed: {one_line(str(exc))}; install the "
+                            "missing package") from None
+        except (Exception, SystemExit) as exc:  # user code may raise anything on import, even sys.exit()
+            raise SpecError(field, f"importing {show(module_part)} {_raised(exc)}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
         found = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module.__name__)
-        raise SpecError(field, f"module {module_part!r} has no {class_name!r}; classes defined there: "
-                        f"{', '.join(found) or '(none)'}")
+        raise SpecError(field, f"module {show(module_part)} has no {show(class_name)}{did_you_mean(class_name, found)};"
+                        f" classes defined there: {', '.join(found) or '(none)'}")
     if not inspect.isclass(cls):
-        raise SpecError(field, f"{target!r} is a {type(cls).__name__}, not a class")
+        raise SpecError(field, f"{show(target)} is a {type(cls).__name__}, not a class")
     return cls
+
+
+def _raised(exc: BaseException) -> str:
+    """How an import failed, in one line; ``sys.exit()`` at import time usually means unguarded script code."""
+    if isinstance(exc, SystemExit):
+        return (f"called sys.exit({show(exc.code)}) at import time; put the script code under "
+                "if __name__ == '__main__':")
+    return f"raised {type(exc).__name__}: {one_line(str(exc))}"
 
 
 def _load_file(path_text: str, base_dir: Path, field: str) -> Any:
@@ -64,9 +75,9 @@ def _load_file(path_text: str, base_dir: Path, field: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # user code may raise anything on import, even sys.exit()
         del sys.modules[name]
-        raise SpecError(field, f"importing {str(path)!r} raised {type(exc).__name__}: {exc}") from None
+        raise SpecError(field, f"importing {str(path)!r} {_raised(exc)}") from None
     return module
 
 

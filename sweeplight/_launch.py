@@ -7,6 +7,7 @@ cleanly (their running trials are recorded as interrupted).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 from sweeplight._errors import StudyStopped, TrialConfigError
 from sweeplight._spec import StudySpec, load_spec, spec_to_json
 from sweeplight._status import StudyStatus, read_status
+from sweeplight._worker import budget_trials
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ def launch(
     from sweeplight._summary import write_json_atomic
     from sweeplight._worker import STOP_ATTR
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study if isinstance(study, StudySpec) else load_spec(study, overrides)
     check_spec(spec)  # imports the user's classes and checks every name before anything is created
     optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
@@ -132,10 +137,8 @@ def _stop(procs: list[subprocess.Popen], grace: float = 30.0) -> None:
     """SIGTERM every worker (it records its running trial as interrupted), then SIGKILL stragglers."""
     for p in procs:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     end = time.time() + grace
     for p in procs:
         try:
@@ -150,8 +153,9 @@ def _final_reason(spec: StudySpec, status: StudyStatus) -> str:
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
         return f"budget.max_failures={spec.budget.max_failures} reached"
-    if spec.budget.n_trials is not None and finished >= spec.budget.n_trials:
-        return f"budget.n_trials={spec.budget.n_trials} reached"
+    n_trials = budget_trials(spec)
+    if n_trials is not None and finished >= n_trials:
+        return f"budget.n_trials={n_trials} reached"
     return "budget.timeout reached" if spec.budget.timeout else "workers finished"
 
 

@@ -10,7 +10,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from sweeplight._errors import SpecError
-from sweeplight._fields import did_you_mean
+from sweeplight._fields import did_you_mean, key_text, one_line, show, type_name
 
 if TYPE_CHECKING:
     import optuna
@@ -43,12 +43,11 @@ def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SpecError("sampler.options", f"{cls.__name__} rejected {named.options!r}: {exc}") from None
+        raise SpecError("sampler.options", f"{cls.__name__} rejected {show(named.options)}: "
+                        f"{one_line(str(exc))}") from None
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    import optuna
-
     named = spec.pruner
     options = dict(named.options)
     wrapped = None
@@ -76,16 +75,39 @@ def _build(name: str, options: dict[str, Any], spec: StudySpec, where: str, **ex
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SpecError(where, f"{cls.__name__} rejected {options!r}: {exc}") from None
+        raise SpecError(where, f"{cls.__name__} rejected {show(options)}: {one_line(str(exc))}") from None
 
 
 def _checked_options(cls: type, options: dict[str, Any], where: str) -> dict[str, Any]:
-    accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    for key in options:
-        if key in _OWNED and key in accepted:
-            raise SpecError(f"{where}.options.{key}", f"is set by sweeplight; {_OWNED[key]}")
-        if key not in accepted:
-            allowed = [a for a in accepted if a not in _OWNED]
-            raise SpecError(f"{where}.options.{key}", f"is not an option of {cls.__name__}{did_you_mean(key, allowed)};"
-                            f" valid options: {', '.join(allowed) or '(none)'}")
+    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in options.items():
+        field = f"{where}.options.{key_text(key)}"
+        if key in _OWNED and key in params:
+            raise SpecError(field, f"is set by sweeplight; {_OWNED[key]}")
+        if key not in params:
+            allowed = [a for a in params if a not in _OWNED]
+            raise SpecError(field, f"is not an option of {cls.__name__}{did_you_mean(key, allowed)}; valid options: "
+                            f"{', '.join(allowed) or '(none)'}")
+        _check_type(cls, key, value, params[key].annotation, field)
     return dict(options)
+
+
+# What a YAML value must be for the simple annotations in Optuna's signatures; anything else is not checked.
+_SIMPLE = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+_OBJECT = ("Callable", "Base", "np.")  # a function, sampler or array: no YAML value can be one
+
+
+def _check_type(cls: type, key: str, value: Any, annotation: Any, field: str) -> None:
+    """Reject a wrong-typed option now: Optuna stores most options unchecked and fails in every trial later."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    parts = [part.strip() for part in text.split("|")]
+    if annotation is inspect.Parameter.empty or not all(p in _SIMPLE or p.startswith(_OBJECT) for p in parts):
+        return
+    kinds = tuple(t for p in parts if p in _SIMPLE for t in _SIMPLE[p])
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return
+    if not [p for p in parts if p in _SIMPLE and p != "None"]:
+        raise SpecError(field, f"{cls.__name__} expects a Python object here ({text}), which a study file cannot "
+                        "give; leave it out")
+    raise SpecError(field, f"{cls.__name__} expects {text}, got {type_name(value)} {show(value)}")

@@ -8,17 +8,30 @@ records exactly the parameters that shaped the trial.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweeplight._errors import SpecError
-from sweeplight._fields import as_mapping, check_keys, get_bool, get_choice, to_number, type_name
+from sweeplight._fields import (
+    as_mapping,
+    check_keys,
+    did_you_mean,
+    get_bool,
+    get_choice,
+    key_text,
+    show,
+    to_number,
+    type_name,
+)
 
 if TYPE_CHECKING:
     import optuna
 
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _KEYS = {
     "float": ("type", "low", "high", "log", "step", "when"),
     "int": ("type", "low", "high", "log", "step", "when"),
@@ -57,6 +70,10 @@ class Param:
 
     def suggest(self, trial: optuna.trial.BaseTrial) -> Any:
         if self.type == "fixed":
+            if self.value is None or isinstance(self.value, (bool, int, float, str)):
+                # A one-choice categorical: the value is recorded with the trial like any searched parameter.
+                return trial.suggest_categorical(self.name, [self.value])
+            trial.set_user_attr(f"fixed.{self.name}", self.value)  # lists/mappings: Optuna params are scalars
             return self.value
         if self.type == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices))
@@ -71,10 +88,19 @@ class Param:
         if self.type == "categorical":
             return list(self.choices)
         if self.step is None and self.type == "float":
-            raise SpecError(f"search_space.{self.name}", "the grid sampler needs a 'step' for float parameters")
+            fix = ("a float with log: true cannot take a step; list the values as a categorical instead" if self.log
+                   else f"add one, e.g. step: {show((self.high - self.low) / 10)}, or list the values as a categorical")
+            raise SpecError(f"search_space.{self.name}.step", f"is required by the grid sampler for float parameters; "
+                            f"{fix}")
+        if self.type == "int" and self.log:
+            raise SpecError(f"search_space.{self.name}.log", "the grid sampler cannot search an int on a log scale; "
+                            "set log: false or list the values as a categorical")
         step = self.step or 1
-        count = int(round((self.high - self.low) / step)) + 1
-        return [type(step)(self.low + i * step) if self.type == "int" else self.low + i * step for i in range(count)]
+        # Never past high: Optuna would run a grid value outside the declared range with only a warning.
+        count = math.floor((self.high - self.low) / step + 1e-9) + 1
+        if self.type == "int":
+            return [int(self.low + i * step) for i in range(count)]
+        return [round(self.low + i * step, 12) for i in range(count)]
 
 
 def parse_space(raw: Any) -> tuple[Param, ...]:
@@ -83,20 +109,40 @@ def parse_space(raw: Any) -> tuple[Param, ...]:
     params = {name: _parse_param(name, spec) for name, spec in mapping.items()}
     for param in params.values():
         for other, allowed in param.when.items():
-            where = f"search_space.{param.name}.when.{other}"
+            where = f"search_space.{param.name}.when.{key_text(other)}"
             if other not in params:
-                raise SpecError(where, f"names an unknown parameter{_close(other, params)}; "
+                raise SpecError(where, f"names an unknown parameter{did_you_mean(other, params)}; "
                                 f"known: {', '.join(params)}")
             if other == param.name:
                 raise SpecError(where, "a parameter cannot depend on itself")
-            target = params[other]
-            possible = target.choices if target.type == "categorical" else (
-                (target.value,) if target.type == "fixed" else None)
-            if possible is not None:
-                for value in allowed:
-                    if value not in possible:
-                        raise SpecError(where, f"value {value!r} is not among {other}'s values {list(possible)}")
+            for value in allowed:
+                _check_condition(params[other], value, where)
     return tuple(_order(params))
+
+
+def _check_condition(target: Param, value: Any, where: str) -> None:
+    """A condition that can never hold would silently leave its parameter out of every trial."""
+    if target.type in ("categorical", "fixed"):
+        possible = target.choices if target.type == "categorical" else (target.value,)
+        if not any(_same(value, p) for p in possible):
+            hint = did_you_mean(value, [p for p in possible if isinstance(p, str)])
+            raise SpecError(where, f"value {show(value)} is not among {target.name}'s values "
+                            f"{show(list(possible))}{hint}")
+        return
+    if target.type == "float" and target.step is None:
+        raise SpecError(where, f"{target.name} is a continuous float, so it equals {show(value)} with probability "
+                        "zero; condition on a categorical or int parameter instead")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(where, f"value {show(value)} is not a number, but {target.name} is {target.type}")
+    steps = (value - target.low) / (target.step or 1)
+    if not target.low <= value <= target.high or abs(steps - round(steps)) > 1e-9:
+        raise SpecError(where, f"value {show(value)} is not a value {target.name} can take (from {target.low} to "
+                        f"{target.high}, step {target.step or 1})")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and not a boolean standing in for a number (Python's ``True == 1``)."""
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def sample(space: tuple[Param, ...], trial: optuna.trial.BaseTrial) -> dict[str, Any]:
@@ -108,16 +154,11 @@ def sample(space: tuple[Param, ...], trial: optuna.trial.BaseTrial) -> dict[str,
     return values
 
 
-def _close(word: str, names: Mapping[str, Any]) -> str:
-    from sweeplight._fields import did_you_mean
-
-    return did_you_mean(word, names)
-
-
 def _parse_param(name: str, spec: Any) -> Param:
-    where = f"search_space.{name}"
-    if not isinstance(name, str) or not name or name.startswith(".") or name.endswith("."):
-        raise SpecError(where, "parameter names must be non-empty identifiers like 'lr' or 'data.batch_size'")
+    where = f"search_space.{key_text(name)}"
+    if not isinstance(name, str) or not _PARAM_NAME.match(name):
+        raise SpecError(where, "parameter names are identifiers, optionally dotted, like 'lr', 'data.batch_size' or "
+                        "'trainer.gradient_clip_val'")
     if isinstance(spec, list):  # shorthand: a list is a categorical
         spec = {"type": "categorical", "choices": spec}
     elif not isinstance(spec, Mapping):  # shorthand: a scalar is a fixed value
@@ -133,13 +174,15 @@ def _parse_param(name: str, spec: Any) -> Param:
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise SpecError(f"{where}.choices", f"expected a non-empty list, got {type_name(choices)} {choices!r}")
-        for choice in choices:
+            raise SpecError(f"{where}.choices", f"expected a non-empty list, got {type_name(choices)} {show(choices)}")
+        for i, choice in enumerate(choices):
             if choice is not None and not isinstance(choice, (bool, int, float, str)):
                 raise SpecError(f"{where}.choices", f"choices must be null, booleans, numbers or strings; "
-                                f"got {type_name(choice)} {choice!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise SpecError(f"{where}.choices", f"contains duplicates: {choices!r}")
+                                f"got {type_name(choice)} {show(choice)}")
+            # Optuna finds a choice by ==, so 1 and 1.0 (or 1 and true) would be recorded as the same choice.
+            if any(choice == earlier for earlier in choices[:i]):
+                raise SpecError(f"{where}.choices", f"{show(choice)} appears more than once (Optuna compares choices "
+                                f"with ==, so 1, 1.0 and true count as equal) in {show(choices)}; remove the repeat")
         return Param(name, kind, choices=tuple(choices), when=when)
     for key in ("low", "high"):
         if key not in spec:
@@ -150,15 +193,16 @@ def _parse_param(name: str, spec: Any) -> Param:
     if kind == "int":
         for key, value in (("low", low), ("high", high), ("step", step)):
             if value is not None and not float(value).is_integer():
-                raise SpecError(f"{where}.{key}", f"must be an integer for type int, got {value!r}")
+                raise SpecError(f"{where}.{key}", f"must be an integer for type int, got {show(value)}; use type: "
+                                "float for fractional values")
         low, high = int(low), int(high)
         step = None if step is None else int(step)
     if low > high:
-        raise SpecError(where, f"low must be <= high, got low={low!r} high={high!r}; swap them")
+        raise SpecError(where, f"low must be <= high, got low={show(low)} high={show(high)}; swap them")
     if log and low <= 0:
-        raise SpecError(f"{where}.low", f"must be > 0 when log: true, got {low!r}; raise low or set log: false")
+        raise SpecError(f"{where}.low", f"must be > 0 when log: true, got {show(low)}; raise low or set log: false")
     if step is not None and step <= 0:
-        raise SpecError(f"{where}.step", f"must be > 0, got {step!r}")
+        raise SpecError(f"{where}.step", f"must be > 0, got {show(step)}")
     if log and step is not None and not (kind == "int" and step == 1):
         raise SpecError(f"{where}.step", "cannot be combined with log: true; drop one of them")
     return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
@@ -170,6 +214,10 @@ def _parse_when(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
     mapping = as_mapping(raw, where)
     if not mapping:
         raise SpecError(where, "is empty; name a parameter and the value(s) it must take, e.g. {optimizer: sgd}")
+    for name, values in mapping.items():
+        if values == []:
+            raise SpecError(f"{where}.{key_text(name)}", "is an empty list, so the condition never holds; list the "
+                            "value(s) that activate this parameter")
     return {name: tuple(v) if isinstance(v, list) else (v,) for name, v in mapping.items()}
 
 

@@ -8,6 +8,7 @@ The deeper checks that need imports (the model's constructor, sampler options, T
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,14 @@ from sweeplight._errors import SpecError
 from sweeplight._fields import (
     as_mapping,
     check_keys,
-    get_bool,
     get_choice,
     get_int,
     get_number,
     get_str,
+    key_text,
+    one_line,
     parse_duration,
+    show,
     type_name,
 )
 from sweeplight._space import Param, parse_space
@@ -35,6 +38,34 @@ PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "t
 _TOP_KEYS = ("name", "root", "storage", "model", "data", "objective", "search_space", "sampler", "pruner", "budget",
              "trainer", "executor")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MAX_VALUES = 100_000  # after YAML aliases are expanded: a "billion laughs" file is refused, not expanded
+_MAX_DEPTH = 50
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses duplicate keys: PyYAML keeps the last one silently, so a second ``lr:``
+    would quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key: let PyYAML report it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {show(key)} (keep one; YAML would silently use the last)",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StudyLoader)  # a SafeLoader subclass: plain data only
 
 
 @dataclass(frozen=True)
@@ -111,22 +142,59 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | tuple[
         if not path.is_file():
             raise SpecError("", f"study file {str(path)!r} does not exist; pass the path of a .yaml study file")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = _read_yaml(path.read_text())
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise SpecError("", f"{path} is not valid YAML{where}: {problem}") from None
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise SpecError("", f"{str(path)!r} is not valid YAML{where}: {one_line(problem)}") from None
         except UnicodeDecodeError:
-            raise SpecError("", f"{path} is not a text file; pass a YAML study file") from None
+            raise SpecError("", f"{str(path)!r} is not a text file; pass a YAML study file") from None
+        except RecursionError:
+            raise SpecError("", f"{str(path)!r} is nested too deeply to be a study file") from None
+        except OSError as exc:
+            raise SpecError("", f"cannot read {str(path)!r}: {one_line(exc.strerror or str(exc))}") from None
         base_dir = path.resolve().parent
         if raw is None:
-            raise SpecError("", f"{path} is empty; see the README's study-file reference")
+            raise SpecError("", f"{str(path)!r} is empty; see the README's study-file reference")
     if not isinstance(raw, dict):
-        raise SpecError("", f"a study file is a mapping of fields, got {type_name(raw)}")
+        raise SpecError("", f"a study file is a mapping of fields (key: value lines), got {type_name(raw)}")
     for item in overrides:
         apply_override(raw, item)
+    _check_tree(raw, "", set(), {})
     return parse_spec(raw, base_dir)
+
+
+def _check_tree(value: Any, where: str, path: set[int], sizes: dict[int, int]) -> int:
+    """Refuse what spec.json cannot hold faithfully: self-referencing aliases, alias bombs, dates, NaN.
+
+    Returns the number of values under ``value`` with aliases expanded; shared subtrees are counted, not walked
+    again, so an alias bomb is caught in linear time.
+    """
+    if isinstance(value, (dict, list)):
+        if id(value) in path:
+            raise SpecError(where, "refers to itself through a YAML alias; write the value out")
+        if id(value) in sizes:
+            return sizes[id(value)]
+        if len(path) >= _MAX_DEPTH:
+            raise SpecError(where, f"is nested more than {_MAX_DEPTH} levels deep")
+        path.add(id(value))
+        total = 1
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(value, dict):
+                _check_tree(key, where, path, sizes)
+            child = f"{where}.{key_text(key)}" if where else key_text(key)
+            total += _check_tree(item, child, path, sizes)
+            if total > _MAX_VALUES:
+                raise SpecError(where, f"holds more than {_MAX_VALUES} values once YAML aliases are expanded")
+        path.discard(id(value))
+        sizes[id(value)] = total
+        return total
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(where, f"got {value!r}; spec.json cannot store it, give a finite number")
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        raise SpecError(where, f"got {type_name(value)} {show(value)}; quote it to make it a string")
+    return 1
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -136,15 +204,15 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     existing key wins.
     """
     if "=" not in item:
-        raise SpecError("--set", f"expected key.path=value, got {item!r}")
+        raise SpecError("--set", f"expected key.path=value, got {show(item)}")
     path, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
+        value = _read_yaml(text) if text.strip() else None
+    except (yaml.YAMLError, RecursionError):
         value = text
     parts, node = path.strip().split("."), raw
     if not path.strip() or any(not p for p in parts):
-        raise SpecError("--set", f"expected key.path=value, got {item!r}")
+        raise SpecError("--set", f"expected key.path=value, got {show(item)}")
     while parts:
         for size in range(len(parts), 0, -1):
             key = ".".join(parts[:size])
@@ -158,19 +226,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise SpecError("--set", f"{path!r}: {key!r} holds a {type_name(child)}, not a mapping")
+            raise SpecError("--set", f"{show(path)}: {show(key)} holds a {type_name(child)}, not a mapping")
         node = child
 
 
 def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
     check_keys(raw, _TOP_KEYS, "")
     name = get_str(raw, "name", "")
-    if not _NAME.match(name) or ".." in name:
-        raise SpecError("name", f"got {name!r}; use letters, digits, '_', '-' and '.', with no '/' or '..'")
+    if not _NAME.match(name) or ".." in name or len(name) > 100:
+        raise SpecError("name", f"got {show(name)}; use up to 100 letters, digits, '_', '-' and '.', with no '/' "
+                        "or '..'")
     root_text = raw.get("root", "runs")
-    if not isinstance(root_text, str) or not root_text:
-        raise SpecError("root", f"expected a directory path, got {type_name(root_text)} {root_text!r}")
+    if not isinstance(root_text, str) or not root_text.strip() or "\0" in root_text:
+        raise SpecError("root", f"expected a directory path, got {type_name(root_text)} {show(root_text)}")
     root = Path(root_text).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise SpecError("root", f"{str(root)!r} is a file, not a directory; point root at a directory")
     objective = _parse_objective(raw.get("objective"))
     search_space = parse_space(raw.get("search_space"))
     trainer = parse_trainer(raw.get("trainer"), objective, search_space)
@@ -205,18 +276,21 @@ def _parse_component(raw: Any, where: str) -> Component:
     check_keys(mapping, ("class", "args"), where)
     target = get_str(mapping, "class", where)
     if ":" not in target:
-        raise SpecError(f"{where}.class", f"got {target!r}; write 'package.module:ClassName' or 'file.py:ClassName'")
+        raise SpecError(f"{where}.class", f"got {show(target)}; write 'package.module:ClassName' or "
+                        "'file.py:ClassName'")
     return Component(target=target, args=as_mapping(mapping.get("args"), f"{where}.args"))
 
 
 def _parse_objective(raw: Any) -> Objective:
     if raw is None:
         raise SpecError("objective", "is required, e.g. {metric: val_acc, direction: maximize}")
-    if isinstance(raw, list) or isinstance(raw, dict) and isinstance(raw.get("metric"), list):
+    if isinstance(raw, list) or (isinstance(raw, dict) and any(isinstance(raw.get(k), list)
+                                                               for k in ("metric", "direction"))):
         raise SpecError("objective", "multi-objective studies are not supported yet; give one metric "
                         "(e.g. {metric: val_acc, direction: maximize}) and log the others as plain metrics")
     if isinstance(raw, str):
-        raise SpecError("objective", f"got {raw!r}; also give the direction: {{metric: {raw}, direction: maximize}}")
+        raise SpecError("objective", f"got {show(raw)}; give the metric and its direction, e.g. "
+                        "{metric: val_acc, direction: maximize}")
     mapping = as_mapping(raw, "objective")
     check_keys(mapping, ("metric", "direction", "value"), "objective")
     return Objective(
@@ -235,7 +309,9 @@ def _parse_named(raw: Any, where: str, allowed: tuple[str, ...]) -> Named:
     keys = ("name", "seed", "options") if where == "sampler" else ("name", "options")
     check_keys(mapping, keys, where)
     name = get_choice(mapping, "name", where, allowed)
-    seed = get_int(mapping, "seed", where, None) if where == "sampler" else None
+    seed = get_int(mapping, "seed", where, None, minimum=0) if where == "sampler" else None
+    if seed is not None and seed >= 2**32:
+        raise SpecError(f"{where}.seed", f"must be < 2**32, got {seed}")
     return Named(name=name, options=as_mapping(mapping.get("options"), f"{where}.options"), seed=seed)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplight._errors import SpecError, StorageError
+from sweeplight._fields import did_you_mean, show, type_name
 
 if TYPE_CHECKING:
     import optuna
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 
 _SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+# user:password@ after '://', at the start of the text or after a space; the password runs to the last '@' of the
+# word, so one holding '@', '/' or ':' is masked whole. ':' followed by '//' is a scheme, not a user.
+_PASSWORD = re.compile(r"((?:^|://|\s)[^\s/:]*):(?!//)\S*@")
 
 
 def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
@@ -28,8 +32,8 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
     """
     if raw is None:
         return f"sqlite:///{study_dir / 'study.db'}"
-    if not isinstance(raw, str) or not raw.strip():
-        raise SpecError("storage", f"expected an SQLAlchemy URL or a file path, got {raw!r}")
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        raise SpecError("storage", f"expected an SQLAlchemy URL or a file path, got {type_name(raw)} {show(raw)}")
     match = _URL.match(raw)
     if match is None:
         path = Path(raw).expanduser()
@@ -38,27 +42,46 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
             return f"journal:///{path}".replace("////", "///")
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
             return f"sqlite:///{path}"
-        raise SpecError("storage", f"got {raw!r}; use a URL (sqlite:///, postgresql://, mysql://, journal:///) "
-                        "or a path ending in .db (SQLite) or .log (journal file)")
-    dialect = match["scheme"].split("+")[0].lower()
+        raise SpecError("storage", f"got {show(mask_url(raw))}; use a URL (sqlite:///, postgresql://, mysql://, "
+                        "journal:///) or a path ending in .db (SQLite) or .log (journal file)")
+    scheme = match["scheme"]
+    dialect = scheme.split("+")[0].lower()
     if dialect not in _SCHEMES:
-        raise SpecError("storage", f"unknown scheme {match['scheme']!r} in {mask_url(raw)!r}; allowed: "
+        # Only the scheme is quoted: the rest of a mistyped URL may hold a password in a form mask_url misses.
+        raise SpecError("storage", f"unknown URL scheme {show(scheme)}{did_you_mean(dialect, _SCHEMES)}; allowed: "
                         "sqlite:///path.db, postgresql://user@host/db, mysql://user@host/db, journal:///path.log")
-    if dialect == "sqlite" and raw.startswith("sqlite:///") and not raw.startswith("sqlite:////"):
-        relative = raw[len("sqlite:///"):]
-        if relative and relative != ":memory:":
-            return f"sqlite:///{(base_dir / relative).resolve()}"
+    if dialect == "sqlite":
+        relative = raw[len(scheme) + len("://"):]
+        if relative in ("", "/", "/:memory:") or relative.startswith("/:memory:?"):
+            raise SpecError("storage", f"{show(raw)} is an in-memory database, which the worker processes cannot "
+                            "share; give a file: sqlite:///path.db or a path ending in .db")
+        if relative.startswith("/") and not relative.startswith("//"):
+            return f"{scheme}:///{(base_dir / relative[1:]).resolve()}"
     return raw
 
 
 def mask_url(url: str) -> str:
-    """Replace the password of ``scheme://user:password@host`` with ``***``."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """Replace the password of ``scheme://user:password@host`` (also inside a longer message) with ``***``.
+
+    >>> mask_url("postgresql://me:p@ss/word@db.example.org/study")
+    'postgresql://me:***@db.example.org/study'
+    """
+    return _PASSWORD.sub(r"\1:***@", url)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open the storage; SQLite gets a long busy timeout so concurrent workers wait instead of failing."""
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open the storage; SQLite gets a long busy timeout so concurrent workers wait instead of failing.
+
+    With ``create=False`` a missing SQLite or journal file is an error instead of a new empty file (``status``
+    must not leave files behind).
+    """
     import optuna
+
+    if not create and url.startswith(("sqlite:///", "journal:///")):
+        path = Path(url.split(":///", 1)[1])
+        if not path.is_file():
+            raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
+                               "sweeplight study launch STUDY.yaml")
 
     try:
         if url.startswith("journal:"):
@@ -72,7 +95,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 120}}
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
-    except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
+    except Exception as exc:  # any driver error becomes one masked line
         text = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise StorageError(f"storage: cannot open {mask_url(url)!r}: {text}; check the URL, that the server is "
                            "running and reachable, and the credentials") from None
@@ -86,7 +109,7 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
     direction = spec.objective.direction
     try:
         existing = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # any driver error becomes one masked line
         raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {mask_url(str(exc))[:200]}") from None
     for summary in existing:
         if summary.study_name == spec.name:
@@ -103,7 +126,7 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
 def load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
     import optuna
 
-    storage = open_storage(spec.storage)
+    storage = open_storage(spec.storage, create=False)
     try:
         return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:

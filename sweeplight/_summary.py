@@ -3,6 +3,7 @@ so a result survives a database outage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,10 +60,8 @@ def versions() -> dict[str, str]:
 
     found = {"python": platform.python_version()}
     for name in ("sweeplight", "torch", "lightning", "pytorch-lightning", "optuna"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return found
 
 
@@ -90,10 +89,8 @@ def host_context() -> dict[str, Any]:
 
 def reset_peak_rss() -> None:
     """Reset the kernel's high-water mark so each trial reports its own peak (Linux >= 4.0)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_rss_mb() -> float | None:

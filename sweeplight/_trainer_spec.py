@@ -21,6 +21,7 @@ from sweeplight._fields import (
     get_int,
     get_number,
     get_str,
+    show,
     type_name,
 )
 
@@ -75,7 +76,7 @@ def parse_trainer(raw: Any, objective: Objective, space: tuple[Param, ...] = ())
             try:
                 _parse(with_params(mapping, {param.name: value}), objective, "trainer")
             except SpecError as exc:
-                raise SpecError(f"search_space.{param.name}", f"value {value!r} is invalid: {exc}") from None
+                raise SpecError(f"search_space.{param.name}", f"value {show(value)} is invalid: {exc}") from None
     return config
 
 
@@ -108,13 +109,13 @@ def _parse(m: dict[str, Any], objective: Objective, where: str) -> TrainerConfig
     precision = m.get("precision", "32-true")
     precision = str(precision) if isinstance(precision, int) and not isinstance(precision, bool) else precision
     if precision not in _PRECISIONS:
-        raise SpecError(f"{where}.precision", f"got {precision!r}; allowed: 32, 16-mixed, bf16-mixed, 64, "
+        raise SpecError(f"{where}.precision", f"got {show(precision)}; allowed: 32, 16-mixed, bf16-mixed, 64, "
                         "16-true, bf16-true (16-mixed needs a GPU; bf16-mixed also runs on CPU)")
     devices = m.get("devices", 1)
-    if not (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1 or devices == "auto"
-            or isinstance(devices, list) and all(isinstance(d, int) for d in devices)):
-        raise SpecError(f"{where}.devices", f"got {type_name(devices)} {devices!r}; use a count >= 1, a list of "
-                        "device indices, or 'auto'")
+    if not (devices == "auto" or _is_count(devices, 1) or (
+            isinstance(devices, list) and devices and all(_is_count(d, 0) for d in devices))):
+        raise SpecError(f"{where}.devices", f"got {type_name(devices)} {show(devices)}; use a count >= 1, a "
+                        "non-empty list of device indices, or 'auto'")
     for key in ("accelerator", "strategy"):
         if key in m:
             get_str(m, key, where)
@@ -136,6 +137,10 @@ def _parse(m: dict[str, Any], objective: Objective, where: str) -> TrainerConfig
     if config.min_epochs is not None and config.min_epochs > config.max_epochs:
         raise SpecError(f"{where}.min_epochs", f"({config.min_epochs}) must be <= max_epochs ({config.max_epochs})")
     return config
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _early_stopping(raw: Any, objective: Objective, where: str) -> dict[str, Any] | None:
@@ -170,13 +175,15 @@ def _swa(raw: Any, where: str) -> dict[str, Any] | None:
     if "lrs" not in m:
         raise SpecError(f"{where}.lrs", "is required: the SWA learning rate, e.g. 0.01")
     lrs = m["lrs"]
+    if lrs == []:
+        raise SpecError(f"{where}.lrs", "is an empty list; give one learning rate, or one per parameter group")
     lrs = [float(get_number({"v": x}, "v", f"{where}.lrs")) for x in lrs] if isinstance(lrs, list) else float(
         get_number(m, "lrs", where))
     if (min(lrs) if isinstance(lrs, list) else lrs) <= 0:
-        raise SpecError(f"{where}.lrs", f"must be > 0, got {lrs!r}")
+        raise SpecError(f"{where}.lrs", f"must be > 0, got {show(lrs)}")
     start = get_number(m, "epoch_start", where, 0.8)
-    if isinstance(start, float) and not 0 < start <= 1 or isinstance(start, int) and start < 1:
-        raise SpecError(f"{where}.epoch_start", f"got {start!r}; a fraction in (0, 1] or an epoch number >= 1")
+    if (isinstance(start, float) and not 0 < start <= 1) or (isinstance(start, int) and start < 1):
+        raise SpecError(f"{where}.epoch_start", f"got {show(start)}; a fraction in (0, 1] or an epoch number >= 1")
     return {
         "lrs": lrs,
         "epoch_start": start,
@@ -198,7 +205,8 @@ def _lr_find(raw: Any, where: str) -> dict[str, Any] | None:
         "attr": get_str(m, "attr", where, None),
     }
     if not 0 < config["min_lr"] < config["max_lr"]:
-        raise SpecError(where, f"needs 0 < min_lr < max_lr, got {config['min_lr']!r} and {config['max_lr']!r}")
+        raise SpecError(where, f"needs 0 < min_lr < max_lr, got {show(config['min_lr'])} and "
+                        f"{show(config['max_lr'])}")
     return config
 
 

@@ -76,7 +76,7 @@ def run_trial(
                 accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
                 callbacks=callbacks, logger=logger, default_root_dir=str(trial_dir),
                 enable_progress_bar=config.enable_progress_bar, **config.args)
-        except Exception as exc:  # noqa: BLE001 - Lightning's own misconfiguration messages
+        except Exception as exc:
             raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
         if config.lr_find:
             lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)

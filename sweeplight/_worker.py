@@ -105,14 +105,8 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     if interrupted:
         summary["stop_reason"] = "interrupted"
     write_json_atomic(directory / "summary.json", summary)  # durable before the study is told
-    if outcome.state == "COMPLETE":
-        from sweeplight._tensorboard import hparams_row, write_hparams
-
-        _hparams(spec, params, outcome, hparams_row, write_hparams, directory)
-    elif outcome.state == "PRUNED" and outcome.value is not None:
-        from sweeplight._tensorboard import hparams_row, write_hparams
-
-        _hparams(spec, params, outcome, hparams_row, write_hparams, directory)
+    if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None:
+        _write_hparams(spec, params, outcome, directory)  # pruned trials show their last value
     storage = study._storage
     for key, value in (("stop_reason", summary.get("stop_reason")), ("summary", str(directory / "summary.json")),
                        ("epochs", summary.get("epochs")), ("error", (summary.get("error") or "")[:2000] or None)):
@@ -134,7 +128,9 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     return None
 
 
-def _hparams(spec: Any, params: dict, outcome: Any, hparams_row: Any, write_hparams: Any, directory: Path) -> None:
+def _write_hparams(spec: Any, params: dict, outcome: Any, directory: Path) -> None:
+    from sweeplight._tensorboard import hparams_row, write_hparams
+
     metrics = {"hp_metric": float(outcome.value)}
     metrics.update({k: float(v) for k, v in outcome.summary.get("metrics", {}).get("test", {}).items()})
     write_hparams(directory, hparams_row(spec.search_space, params), metrics)
@@ -158,9 +154,20 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
                  and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
-    if spec.budget.n_trials is not None and finished + running >= spec.budget.n_trials:
+    n_trials = budget_trials(spec)
+    if n_trials is not None and finished + running >= n_trials:
         return f"budget.n_trials reached ({finished} finished, {running} running)"
     return None
+
+
+def budget_trials(spec: Any) -> int | None:
+    """``budget.n_trials``, capped at the grid's size for the grid sampler (each grid point runs once)."""
+    if spec.sampler.name != "grid":
+        return spec.budget.n_trials
+    size = 1
+    for param in spec.search_space:
+        size *= len(param.grid_values())
+    return size if spec.budget.n_trials is None else min(size, spec.budget.n_trials)
 
 
 def fail_stale(study: Any, trials: list, interval: float) -> list[int]:
@@ -219,7 +226,7 @@ def _retry(call: Any, attempts: int = 6, first_delay: float = 0.5) -> Any:
             return call()
         except UpdateFinishedTrialError:
             return None
-        except Exception:  # noqa: BLE001
+        except Exception:
             if attempt == attempts - 1:
                 raise
             time.sleep(delay)

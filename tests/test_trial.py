@@ -33,7 +33,7 @@ def _run(path: Path, fixed: dict | None = None):
 
 
 def test_complete_trial_summary_has_real_values(make_study):
-    spec, _, _, outcome = _run(make_study({"trainer": {"max_epochs": 3, "swa": {"lrs": 0.01, "epoch_start": 2,
+    _, _, _, outcome = _run(make_study({"trainer": {"max_epochs": 3, "swa": {"lrs": 0.01, "epoch_start": 2,
                                                                                    "annealing_epochs": 1}}}),
                                fixed={"lr": 0.01, "width": 64, "optimizer": "adam"})
     s = outcome.summary
@@ -100,7 +100,7 @@ def test_bf16_mixed_precision_on_cpu(make_study):
 def test_searched_trainer_parameters_reach_the_trainer(make_study):
     path = make_study({"search_space": {"trainer.gradient_clip_val": [0.5], "trainer.accumulate_grad_batches": [2],
                                         "trainer.max_epochs": [1]}})
-    spec, _, _, outcome = _run(path)
+    _, _, _, outcome = _run(path)
     assert outcome.state == "COMPLETE" and outcome.summary["epochs"] == 1
     assert outcome.summary["params"]["trainer.gradient_clip_val"] == 0.5
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "studies"))
-from digits import DigitsDataModule, DigitsMLP  # noqa: E402
+from digits import DigitsDataModule, DigitsMLP
 
 
 class FailingMLP(DigitsMLP):
