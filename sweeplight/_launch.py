@@ -48,13 +48,14 @@ def launch(
     >>> result = launch("studies/digits.yaml", overrides=["budget.n_trials=4"])  # doctest: +SKIP
     >>> result.status.best_value  # doctest: +SKIP
     """
+    import optuna
+
     from sweeplight._check import check_spec
     from sweeplight._samplers import build_pruner, build_sampler
     from sweeplight._storage import create_or_load_study
     from sweeplight._summary import write_json_atomic
+    from sweeplight._trial_resume import requeue
     from sweeplight._worker import STOP_ATTR
-
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study if isinstance(study, StudySpec) else load_spec(study, overrides)
@@ -64,6 +65,12 @@ def launch(
     (directory / "workers").mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "spec.json", spec_to_json(spec))
     optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
+    from sweeplight._worker import _file_lock
+
+    with _file_lock(directory / ".ask.lock"):
+        requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
+    if requeued and progress:
+        print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
     launch_id = uuid.uuid4().hex[:12]
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
     count = workers or spec.executor.workers

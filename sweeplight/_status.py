@@ -39,6 +39,7 @@ class StudyStatus:
     best_number: int | None = None
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_test: dict[str, float] = field(default_factory=dict)  # test metrics of the best checkpoint, if tested
     running: list[RunningTrial] = field(default_factory=list)
     stopped_message: str = ""
     failures_this_launch: int = 0
@@ -100,7 +101,8 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,
         direction=spec.objective.direction, n_trials=spec.budget.n_trials, counts=counts,
         best_number=best.number if best else None, best_value=best.value if best else None,
-        best_params=dict(best.params) if best else {}, running=running, stopped_message=stopped,
+        best_params=dict(best.params) if best else {}, running=running,
+        best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {}, stopped_message=stopped,
         failures_this_launch=failures)
 
 
@@ -113,7 +115,8 @@ def format_status(status: StudyStatus) -> str:
     ]
     if status.best_number is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in status.best_params.items())
-        lines.append(f"best: trial {status.best_number}  {status.metric}={_fmt(status.best_value)}  {params}")
+        tested = "".join(f"  {k}={_fmt(v)}" for k, v in status.best_test.items())
+        lines.append(f"best: trial {status.best_number}  {status.metric}={_fmt(status.best_value)}{tested}  {params}")
     else:
         lines.append("best: none yet (no complete trial)")
     if status.stopped_message:

@@ -29,12 +29,28 @@ from sweeplight._summary import (
 from sweeplight._trainer_spec import TrainerConfig, trainer_for_trial
 
 
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT reached the worker. A BaseException so user code's ``except Exception`` cannot swallow it."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue an interrupted trial's training in a new trial, from its ``last.ckpt``."""
+
+    from_trial: int
+    checkpoint: Path
+    history: list[dict[str, Any]]  # the old trial's validated epochs, up to the checkpoint
+    restarts: int = 1
+    epochs_lost: int = 0  # validated epochs after the checkpoint, trained again (the epoch in progress aside)
+
+
 @dataclass
 class TrialOutcome:
     state: str  # COMPLETE | PRUNED | FAIL
     value: float | None
     summary: dict[str, Any] = field(default_factory=dict)
     config_error: TrialConfigError | None = None  # the study itself is misconfigured: stop every worker
+    interrupted: bool = False
 
 
 def run_trial(
@@ -46,13 +62,14 @@ def run_trial(
     trial: Any,
     trial_dir: Path,
     rank: int = 0,
+    resume: Resume | None = None,
 ) -> TrialOutcome:
     """Train one configuration. Never raises for a failing trial: the failure is the outcome."""
     pl = importlib.import_module(components.namespace)
     started, clock = time.time(), time.perf_counter()
     reset_peak_rss()
     _reset_gpu_peak()
-    state, error, config_error, stop_reason = "FAIL", None, None, "failed"
+    state, error, config_error, stop_reason, interrupted = "FAIL", None, None, "failed", False
     monitor = trainer = early_stopping = checkpoint = config = None
     lr_info: dict[str, Any] | None = None
     test_metrics: dict[str, float] = {}
@@ -67,6 +84,12 @@ def run_trial(
         required = (config.early_stopping["monitor"],) if config.early_stopping else ()
         monitor = trial_monitor_class(components.namespace)(
             metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0)
+        if resume is not None:
+            monitor.history = [dict(h) for h in resume.history]
+            if trial is not None:
+                for entry in resume.history:  # the pruner sees the whole curve, not just the resumed part
+                    if entry.get(spec.objective.metric) is not None:
+                        trial.report(entry[spec.objective.metric], step=entry["epoch"])
         callbacks, early_stopping, checkpoint = _callbacks(pl, config, monitor, trial_dir, spec)
         logger = pl.loggers.TensorBoardLogger(save_dir=str(trial_dir.parent), name="", version=trial_dir.name,
                                               default_hp_metric=False)
@@ -78,12 +101,15 @@ def run_trial(
                 enable_progress_bar=config.enable_progress_bar, **config.args)
         except Exception as exc:
             raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
-        if config.lr_find:
+        if config.lr_find and resume is None:
             lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)
-        trainer.fit(model, datamodule=datamodule)
+        ckpt_path = str(resume.checkpoint) if resume is not None else None
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
         state = "COMPLETE"
         stop_reason = _stop_reason(trainer, early_stopping, config)
+    except Interrupted:
+        interrupted, stop_reason, error = True, "interrupted", "worker interrupted (SIGTERM/SIGINT)"
     except TrialPrunedSignal:
         state, stop_reason = "PRUNED", "pruned"
     except TrialConfigError as exc:
@@ -108,6 +134,11 @@ def run_trial(
         "intermediate_values": {str(h["epoch"]): h.get(spec.objective.metric) for h in history},
         "epochs": len(history),
         "stop_reason": stop_reason,
+        "resumed_from": None if resume is None else {
+            "trial": resume.from_trial, "checkpoint": str(resume.checkpoint),
+            "epoch": resume.history[-1]["epoch"] if resume.history else None},
+        "restarts": 0 if resume is None else resume.restarts,
+        "epochs_lost": 0 if resume is None else resume.epochs_lost,
         "error": error,
         "checkpoints": {"best": _path(checkpoint, "best_model_path"), "last": _path(checkpoint, "last_model_path")},
         "lr_find": lr_info,
@@ -129,7 +160,8 @@ def run_trial(
         "lightning_namespace": components.namespace,
         **host_context(),
     }
-    return TrialOutcome(state=state, value=value, summary=summary, config_error=config_error)
+    return TrialOutcome(state=state, value=value, summary=summary, config_error=config_error,
+                        interrupted=interrupted)
 
 
 def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, spec: StudySpec) -> tuple:

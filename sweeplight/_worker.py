@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
+from sweeplight._trial_resume import requeue, resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 HEARTBEAT = "sweeplight:heartbeat"
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
-
-
-class Interrupted(BaseException):
-    """SIGTERM/SIGINT reached the worker: record the running trial as interrupted and leave."""
 
 
 def read_spec(study_dir: Path) -> Any:
@@ -82,28 +79,30 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     from sweeplight._ddp import ddp_ranks, world_size
     from sweeplight._summary import write_json_atomic
     from sweeplight._trainer_spec import trainer_for_trial
-    from sweeplight._trial import TrialOutcome, run_trial
+    from sweeplight._trial import Interrupted, TrialOutcome, run_trial
 
     directory = trial_dir(spec.directory, trial.number)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
     size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
-    payload = {"number": trial.number, "params": params}
-    interrupted = False
+    resume = resume_for(spec, trial)
+    if resume is not None:
+        print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint}", flush=True)
+    payload = {"number": trial.number, "params": params,
+               "resume": None if resume is None else {"from_trial": resume.from_trial,
+                                                      "checkpoint": str(resume.checkpoint)}}
     with _heartbeat(heartbeat_storage, trial._trial_id, spec.executor.heartbeat_interval):
         try:
             with ddp_ranks(size, directory, payload) as ranks:
                 outcome = run_trial(spec, components, number=trial.number, params=params, trial=trial,
-                                    trial_dir=directory)
+                                    trial_dir=directory, resume=resume)
                 ranks["ok"] = outcome.state != "FAIL"
-        except Interrupted:
-            interrupted = True
-            outcome = TrialOutcome(state="FAIL", value=None, summary={
+        except Interrupted:  # arrived outside training (building, testing): no history to keep
+            outcome = TrialOutcome(state="FAIL", value=None, interrupted=True, summary={
                 "schema_version": 1, "study": spec.name, "trial": trial.number, "state": "FAIL",
                 "params": params, "stop_reason": "interrupted", "error": "worker interrupted (SIGTERM/SIGINT)"})
+    interrupted = outcome.interrupted
     summary = outcome.summary
-    if interrupted:
-        summary["stop_reason"] = "interrupted"
     write_json_atomic(directory / "summary.json", summary)  # durable before the study is told
     if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None:
         _write_hparams(spec, params, outcome, directory)  # pruned trials show their last value
@@ -112,6 +111,8 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
                        ("epochs", summary.get("epochs")), ("error", (summary.get("error") or "")[:2000] or None)):
         if value is not None:
             _retry(lambda k=key, v=value: storage.set_trial_system_attr(trial._trial_id, f"sweeplight:{k}", v))
+    for key, value in (summary.get("metrics") or {}).get("test", {}).items():
+        _retry(lambda k=key, v=value: storage.set_trial_user_attr(trial._trial_id, k, v))
     state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
     value = outcome.value if state == TrialState.COMPLETE else None
     _retry(lambda: study.tell(trial, value, state=state, skip_if_finished=True))
@@ -179,12 +180,14 @@ def fail_stale(study: Any, trials: list, interval: float) -> list[int]:
     for t in trials:
         beat = t.system_attrs.get(HEARTBEAT)
         if t.state == TrialState.RUNNING and beat is not None and now - beat > 2 * interval + 10:
-            try:
+            try:  # the reason first: a finished trial's attributes can no longer change
                 study._storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "stale")
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-                stale.append(t.number)
             except (UpdateFinishedTrialError, RuntimeError):
-                continue
+                continue  # another worker got there first, or the trial just finished
+            stale.append(t.number)
+    if stale:
+        requeue(study)
     return stale
 
 
@@ -241,14 +244,22 @@ def follower(directory: Path) -> int:
 
     spec = read_spec(directory.parent.parent)
     payload = json.loads((directory / "ddp.json").read_text())
+    resume = None
+    if payload.get("resume"):
+        from sweeplight._trial import Resume
+
+        resume = Resume(from_trial=payload["resume"]["from_trial"], checkpoint=Path(payload["resume"]["checkpoint"]),
+                        history=[])
     outcome = run_trial(spec, resolve_components(spec), number=payload["number"], params=payload["params"],
-                        trial=None, trial_dir=directory, rank=int(os.environ.get("LOCAL_RANK", "1")))
+                        trial=None, trial_dir=directory, rank=int(os.environ.get("LOCAL_RANK", "1")), resume=resume)
     return 0 if outcome.state != "FAIL" else 1
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from sweeplight._trial import Interrupted
+
     raise Interrupted()
 
 
@@ -272,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweeplightError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    except Interrupted:
-        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        if type(exc).__name__ == "Interrupted":
+            return EXIT_INTERRUPTED
+        raise
 
 
 if __name__ == "__main__":

@@ -141,20 +141,39 @@ def test_pruned_ddp_trial_stops_every_rank(make_study):
     assert time.time() - start < 240
 
 
-def test_ctrl_c_stops_workers_and_records_the_trial_as_interrupted(make_study):
-    path = make_study({"budget": {"n_trials": 3}, "trainer": {"max_epochs": 200, "early_stopping": False}})
+def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(make_study):
+    path = make_study({"budget": {"n_trials": 1}, "data": {"args": {"batch_size": 8}},
+                       "search_space": {"_replace": True, "lr": [0.003], "width": [32]},
+                       "trainer": {"max_epochs": 5, "early_stopping": False}})
     proc = subprocess.Popen([sys.executable, "-m", "sweeplight.cli", "study", "launch", str(path), "--no-progress"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = path.parent / "runs" / "tiny" / "workers" / "worker-0.log"
     deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "trial 0 epoch 1" in log.read_text()):
-        time.sleep(0.5)
+    while time.time() < deadline and not (log.exists() and "trial 0 epoch 1:" in log.read_text()):
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     trial = _study(path).get_trials()[0]
     assert trial.state.name == "FAIL" and trial.system_attrs["sweeplight:stop_reason"] == "interrupted"
-    summary = json.loads((path.parent / "runs" / "tiny" / "trials" / "0" / "summary.json").read_text())
-    assert summary["stop_reason"] == "interrupted"
     with pytest.raises(ProcessLookupError):  # the worker process is gone
         os.kill(trial.system_attrs["sweeplight:pid"], 0)
+    trial_dir = path.parent / "runs" / "tiny" / "trials"
+    old = json.loads((trial_dir / "0" / "summary.json").read_text())
+    assert old["stop_reason"] == "interrupted" and 2 <= old["epochs"] < 5
+    assert (trial_dir / "0" / "checkpoints" / "last.ckpt").is_file()
+
+    result = run_cli("study", "launch", str(path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    trials = _study(path).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    new = json.loads((trial_dir / "1" / "summary.json").read_text())
+    assert new["resumed_from"]["trial"] == 0 and new["restarts"] == 1
+    assert [h["epoch"] for h in new["history"]] == [0, 1, 2, 3, 4]  # continued, not restarted from epoch 0
+    kept = new["resumed_from"]["epoch"]
+    assert new["history"][: kept + 1] == old["history"][: kept + 1]
+    assert sorted(trials[1].intermediate_values) == [0, 1, 2, 3, 4]
+    assert trials[1].user_attrs["sweeplight:retry_of"] == 0
+    worker_log = log.read_text()
+    assert "resuming trial 0 from" in worker_log
+    assert worker_log.count("trial 1 epoch 0:") == 0  # epoch 0 was not trained again
