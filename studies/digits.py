@@ -30,7 +30,8 @@ class DigitsDataModule(pl.LightningDataModule):
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
         n_val, n_test = int(len(x) * self.val_fraction), int(len(x) * self.test_fraction)
         test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-        mean, std = x[train_idx].mean(0), x[train_idx].std(0).clamp_min(1e-6)
+        # Pixels are 0..16; a floor of 1 keeps pixels that are constant in training from exploding elsewhere.
+        mean, std = x[train_idx].mean(0), x[train_idx].std(0).clamp_min(1.0)
         x = (x - mean) / std
         self.train_set = TensorDataset(x[train_idx], y[train_idx])
         self.val_set = TensorDataset(x[val_idx], y[val_idx])
