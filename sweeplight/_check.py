@@ -38,6 +38,8 @@ def resolve_components(spec: StudySpec) -> Components:
         other = "lightning.pytorch" if namespace == "pytorch_lightning" else "pytorch_lightning"
         hint = (f" (it derives from {other}'s class; use one package for both)"
                 if lightning_namespace(data_cls) != namespace else "")
+        if issubclass(data_cls, pl.LightningModule):
+            hint = "; it is a LightningModule: give it as model.class"
         raise SpecError("data.class", f"{show(spec.data.target)} is not a {namespace}.LightningDataModule{hint}")
     return Components(model_cls=model_cls, data_cls=data_cls, namespace=namespace)
 

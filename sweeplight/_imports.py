@@ -37,7 +37,7 @@ def import_class(target: str, *, base_dir: Path, field: str) -> type:
                                 f"{class_name}'") from None
             raise SpecError(field, f"importing {show(module_part)} failed: {one_line(str(exc))}; install the "
                             "missing package") from None
-        except (Exception, SystemExit) as exc:  # user code may raise anything on import, even sys.exit()
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything on import
             raise SpecError(field, f"importing {show(module_part)} {_raised(exc)}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
@@ -58,10 +58,11 @@ def _raised(exc: BaseException) -> str:
 
 
 def _load_file(path_text: str, base_dir: Path, field: str) -> Any:
-    path = Path(path_text).expanduser()
-    path = path if path.is_absolute() else (base_dir / path)
+    given = Path(path_text).expanduser()
+    path = given if given.is_absolute() else (base_dir / given)
     if not path.is_file():
-        raise SpecError(field, f"file {str(path)!r} does not exist; paths are relative to the study file's folder")
+        hint = "" if given.is_absolute() else " (paths are relative to the study file's folder)"
+        raise SpecError(field, f"file {str(path)!r} does not exist{hint}; check the path")
     name = f"sweeplight_user_{path.stem}"
     existing = sys.modules.get(name)
     if existing is not None and getattr(existing, "__file__", None) == str(path.resolve()):
@@ -75,7 +76,7 @@ def _load_file(path_text: str, base_dir: Path, field: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # user code may raise anything on import, even sys.exit()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything on import
         del sys.modules[name]
         raise SpecError(field, f"importing {str(path)!r} {_raised(exc)}") from None
     return module

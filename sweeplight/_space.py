@@ -87,14 +87,13 @@ class Param:
             return [self.value]
         if self.type == "categorical":
             return list(self.choices)
+        if self.log and not (self.type == "int" and self.step == 1):
+            raise SpecError(f"search_space.{self.name}", "the grid sampler needs a step, which log: true cannot "
+                            f"take; list the grid values as a categorical instead, e.g. [{self.low}, ..., {self.high}]")
         if self.step is None and self.type == "float":
-            fix = ("a float with log: true cannot take a step; list the values as a categorical instead" if self.log
-                   else f"add one, e.g. step: {show((self.high - self.low) / 10)}, or list the values as a categorical")
-            raise SpecError(f"search_space.{self.name}.step", f"is required by the grid sampler for float parameters; "
-                            f"{fix}")
-        if self.type == "int" and self.log:
-            raise SpecError(f"search_space.{self.name}.log", "the grid sampler cannot search an int on a log scale; "
-                            "set log: false or list the values as a categorical")
+            raise SpecError(f"search_space.{self.name}.step", "is required by the grid sampler for float parameters; "
+                            f"add one, e.g. step: {show((self.high - self.low) / 10)}, or list the values as a "
+                            "categorical")
         step = self.step or 1
         # Never past high: Optuna would run a grid value outside the declared range with only a warning.
         count = math.floor((self.high - self.low) / step + 1e-9) + 1

@@ -193,7 +193,8 @@ def _check_tree(value: Any, where: str, path: set[int], sizes: dict[int, int]) -
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(where, f"got {value!r}; spec.json cannot store it, give a finite number")
     if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise SpecError(where, f"got {type_name(value)} {show(value)}; quote it to make it a string")
+        text = value.isoformat() if hasattr(value, "isoformat") else show(value)
+        raise SpecError(where, f"got {type_name(value)} {text}; quote it ('{text}') to make it a string")
     return 1
 
 
@@ -239,8 +240,12 @@ def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
     root_text = raw.get("root", "runs")
     if not isinstance(root_text, str) or not root_text.strip() or "\0" in root_text:
         raise SpecError("root", f"expected a directory path, got {type_name(root_text)} {show(root_text)}")
-    root = Path(root_text).expanduser().resolve()
-    if root.exists() and not root.is_dir():
+    try:
+        root = Path(root_text).expanduser().resolve()
+        is_file = root.exists() and not root.is_dir()
+    except OSError as exc:  # a name too long for the file system, a loop of links
+        raise SpecError("root", f"cannot use {show(root_text)}: {one_line(exc.strerror or str(exc))}") from None
+    if is_file:
         raise SpecError("root", f"{str(root)!r} is a file, not a directory; point root at a directory")
     objective = _parse_objective(raw.get("objective"))
     search_space = parse_space(raw.get("search_space"))

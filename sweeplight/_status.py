@@ -102,8 +102,8 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         direction=spec.objective.direction, n_trials=spec.budget.n_trials, counts=counts,
         best_number=best.number if best else None, best_value=best.value if best else None,
         best_params=dict(best.params) if best else {}, running=running,
-        best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {}, stopped_message=stopped,
-        failures_this_launch=failures)
+        best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {},
+        stopped_message=stopped, failures_this_launch=failures)
 
 
 def format_status(status: StudyStatus) -> str:
@@ -116,7 +116,8 @@ def format_status(status: StudyStatus) -> str:
     if status.best_number is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in status.best_params.items())
         tested = "".join(f"  {k}={_fmt(v)}" for k, v in status.best_test.items())
-        lines.append(f"best: trial {status.best_number}  {status.metric}={_fmt(status.best_value)}{tested}  {params}")
+        value = _fmt(status.best_value)
+        lines.append(f"best: trial {status.best_number}  {status.metric}={value}{tested}  {params}")
     else:
         lines.append("best: none yet (no complete trial)")
     if status.stopped_message:

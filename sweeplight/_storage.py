@@ -95,7 +95,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
             engine_kwargs = {"connect_args": {"timeout": 120}}
             Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
-    except Exception as exc:  # any driver error becomes one masked line
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
         text = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise StorageError(f"storage: cannot open {mask_url(url)!r}: {text}; check the URL, that the server is "
                            "running and reachable, and the credentials") from None
@@ -109,7 +109,7 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
     direction = spec.objective.direction
     try:
         existing = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
-    except Exception as exc:  # any driver error becomes one masked line
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
         raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {mask_url(str(exc))[:200]}") from None
     for summary in existing:
         if summary.study_name == spec.name:

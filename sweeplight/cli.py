@@ -77,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: workers stopped; running trials are recorded as interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        from sweeplight._storage import mask_url
+
+        text = mask_url(" ".join(str(exc).split())[:300])
+        print(f"internal error: {type(exc).__name__}: {text} (run with --debug for the traceback and report it)",
+              file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

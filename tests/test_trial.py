@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sweeplight._check import check_spec
-from sweeplight._samplers import build_pruner
+from sweeplight._samplers import build_pruner, build_sampler
 from sweeplight._space import sample
 from sweeplight._spec import load_spec
 from sweeplight._trial import run_trial
@@ -22,7 +22,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def _run(path: Path, fixed: dict | None = None):
     spec = load_spec(path)
     components = check_spec(spec)
-    study = optuna.create_study(direction=spec.objective.direction, pruner=build_pruner(spec))
+    study = optuna.create_study(direction=spec.objective.direction, sampler=build_sampler(spec),
+                                pruner=build_pruner(spec))
     if fixed:
         study.enqueue_trial(fixed)
     trial = study.ask()
@@ -45,6 +46,7 @@ def test_complete_trial_summary_has_real_values(make_study):
     assert s["metrics"]["best"]["val_acc"] == outcome.value
     assert s["metrics"]["last"]["val_acc"] == val_accs[-1]
     assert 0.8 < s["metrics"]["test"]["test_acc"] <= 1.0  # the best checkpoint was tested
+    assert s["metrics"]["test"]["test_loss"] < 1.0
     assert "train_loss" in s["history"][0] and "train_loss" in s["history"][-1]  # merged after validation
     assert s["history"][0]["train_loss"] != s["history"][1]["train_loss"]
     assert s["stop_reason"] == "max_epochs"
@@ -92,7 +94,8 @@ def test_lr_finder_suggestion_only_recorded_when_lr_is_searched(make_study):
 
 
 def test_bf16_mixed_precision_on_cpu(make_study):
-    _, _, _, outcome = _run(make_study({"trainer": {"precision": "bf16-mixed", "max_epochs": 1}}))
+    _, _, _, outcome = _run(make_study({"trainer": {"precision": "bf16-mixed", "max_epochs": 2}}),
+                            fixed={"lr": 0.01, "width": 64, "optimizer": "adam"})
     assert outcome.state == "COMPLETE", outcome.summary["error"]
     assert outcome.summary["precision"] == "bf16-mixed" and outcome.value > 0.5
 
