@@ -31,7 +31,8 @@ def world_size(config: TrainerConfig) -> int:
 
         devices = torch.cuda.device_count() if config.accelerator in ("auto", "gpu", "cuda") else 1
     count = len(devices) if isinstance(devices, list) else int(devices or 1)
-    return count if count > 1 and str(config.strategy).startswith("ddp") else 1
+    strategy = str(config.strategy)
+    return count if count > 1 and (strategy.startswith("ddp") or strategy == "auto") else 1
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from typing import Any
 from sweeplight._errors import StudyStopped, TrialConfigError
 from sweeplight._spec import StudySpec, load_spec, spec_to_json
 from sweeplight._status import StudyStatus, read_status
-from sweeplight._worker import budget_trials
 
 
 @dataclass(frozen=True)
@@ -160,6 +159,8 @@ def _final_reason(spec: StudySpec, status: StudyStatus) -> str:
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
         return f"budget.max_failures={spec.budget.max_failures} reached"
+    from sweeplight._worker import budget_trials  # not at the top: ``python -m sweeplight._worker`` imports us
+
     n_trials = budget_trials(spec)
     if n_trials is not None and finished >= n_trials:
         return f"budget.n_trials={n_trials} reached"

@@ -30,14 +30,15 @@ _OWNED = {"seed": "give it as sampler.seed", "search_space": "the grid comes fro
           "wrapped_pruner": "give it as pruner.options.wrapped: {name: median, options: {...}}"}
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: StudySpec, *, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler; each worker offsets the seed so parallel workers do not propose the same points."""
     import optuna
 
     named = spec.sampler
     cls = getattr(optuna.samplers, _SAMPLERS[named.name])
     kwargs = _checked_options(cls, named.options, "sampler")
     if named.seed is not None:
-        kwargs["seed"] = named.seed
+        kwargs["seed"] = (named.seed + worker) % 2**32
     if named.name == "grid":
         kwargs["search_space"] = {p.name: p.grid_values() for p in spec.search_space}
     try:

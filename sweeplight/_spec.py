@@ -326,7 +326,8 @@ def _parse_budget(raw: Any) -> Budget:
     budget = Budget(
         n_trials=get_int(mapping, "n_trials", "budget", None, minimum=1),
         timeout=parse_duration(mapping.get("timeout"), "budget.timeout"),
-        max_failures=get_int(mapping, "max_failures", "budget", 5, minimum=1),
+        max_failures=None if "max_failures" in mapping and mapping["max_failures"] is None else get_int(
+            mapping, "max_failures", "budget", 5, minimum=1),
     )
     if budget.n_trials is None and budget.timeout is None:
         raise SpecError("budget", "give n_trials or timeout (or both), or the study would never end")

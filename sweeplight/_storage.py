@@ -39,7 +39,7 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
         path = Path(raw).expanduser()
         path = path if path.is_absolute() else (base_dir / path).resolve()
         if path.suffix == ".log":
-            return f"journal:///{path}".replace("////", "///")
+            return f"journal:///{path}"
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
             return f"sqlite:///{path}"
         raise SpecError("storage", f"got {show(mask_url(raw))}; use a URL (sqlite:///, postgresql://, mysql://, "
@@ -50,14 +50,21 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
         # Only the scheme is quoted: the rest of a mistyped URL may hold a password in a form mask_url misses.
         raise SpecError("storage", f"unknown URL scheme {show(scheme)}{did_you_mean(dialect, _SCHEMES)}; allowed: "
                         "sqlite:///path.db, postgresql://user@host/db, mysql://user@host/db, journal:///path.log")
-    if dialect == "sqlite":
+    if dialect in ("sqlite", "journal"):
         relative = raw[len(scheme) + len("://"):]
-        if relative in ("", "/", "/:memory:") or relative.startswith("/:memory:?"):
+        if dialect == "sqlite" and (relative in ("", "/", "/:memory:") or relative.startswith("/:memory:?")):
             raise SpecError("storage", f"{show(raw)} is an in-memory database, which the worker processes cannot "
                             "share; give a file: sqlite:///path.db or a path ending in .db")
         if relative.startswith("/") and not relative.startswith("//"):
             return f"{scheme}:///{(base_dir / relative[1:]).resolve()}"
     return raw
+
+
+def storage_file(url: str) -> Path | None:
+    """The file behind an SQLite or journal URL (``scheme:////abs/path``, as SQLAlchemy writes it), else None."""
+    if url.startswith(("sqlite:///", "journal:///")):
+        return Path(url.split(":///", 1)[1])
+    return None
 
 
 def mask_url(url: str) -> str:
@@ -78,7 +85,7 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     import optuna
 
     if not create and url.startswith(("sqlite:///", "journal:///")):
-        path = Path(url.split(":///", 1)[1])
+        path = storage_file(url)
         if not path.is_file():
             raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
                                "sweeplight study launch STUDY.yaml")
@@ -87,13 +94,13 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url.split("://", 1)[1])
+            path = storage_file(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 120}}
-            Path(url.split(":///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            storage_file(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
         text = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -70,6 +70,10 @@ def parse_trainer(raw: Any, objective: Objective, space: tuple[Param, ...] = ())
     for param in space:
         if param.target != "trainer":
             continue
+        key = param.key
+        if ALIASES.get(key, (key,))[0] == "early_stopping" and config.early_stopping is None:
+            raise SpecError(f"search_space.{param.name}", "searches an early-stopping setting, but "
+                            "trainer.early_stopping is false; turn early stopping on or drop the parameter")
         values = param.choices if param.type == "categorical" else (
             (param.value,) if param.type == "fixed" else (param.low, param.high))
         for value in values:
@@ -134,6 +138,17 @@ def _parse(m: dict[str, Any], objective: Objective, where: str) -> TrainerConfig
         enable_progress_bar=get_bool(m, "enable_progress_bar", where, False),
         args=args,
     )
+    strategy = str(config.strategy)
+    if _device_count(config.devices) > 1 or config.devices == "auto":
+        if strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook") or strategy.startswith(("ddp_spawn_", "ddp_fork_")):
+            raise SpecError(f"{where}.strategy", f"got {show(strategy)}; sweeplight starts the DDP ranks itself, "
+                            "use strategy: ddp (or ddp_find_unused_parameters_true)")
+        if strategy == "auto" and _device_count(config.devices) > 1:
+            # Lightning's own launcher would re-run the worker command for each rank; sweeplight launches them.
+            config = TrainerConfig(**{**config.__dict__, "strategy": "ddp"})
+        elif _device_count(config.devices) > 1 and not strategy.startswith("ddp"):
+            raise SpecError(f"{where}.strategy", f"got {show(strategy)} with devices={show(config.devices)}; "
+                            "several devices need strategy: ddp")
     if config.min_epochs is not None and config.min_epochs > config.max_epochs:
         raise SpecError(f"{where}.min_epochs", f"({config.min_epochs}) must be <= max_epochs ({config.max_epochs})")
     return config
@@ -141,6 +156,12 @@ def _parse(m: dict[str, Any], objective: Objective, where: str) -> TrainerConfig
 
 def _is_count(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _device_count(devices: Any) -> int:
+    if isinstance(devices, list):
+        return len(devices)
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) else 1
 
 
 def _early_stopping(raw: Any, objective: Objective, where: str) -> dict[str, Any] | None:

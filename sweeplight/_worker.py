@@ -53,7 +53,7 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = read_spec(study_dir)
     components = resolve_components(spec)
-    study = load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec))
     heartbeat_storage = open_storage(spec.storage)
     print(f"worker {worker} (pid {os.getpid()}) on study {spec.name!r}", flush=True)
     while True:

@@ -90,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "launch":
+        import signal
+
         from sweeplight._launch import launch
+
+        def _terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # SIGTERM (scancel, timeout, kill) stops the workers like Ctrl-C does
+
+        signal.signal(signal.SIGTERM, _terminate)
 
         if args.workers is not None and args.workers < 1:
             from sweeplight._errors import SpecError
