@@ -1,4 +1,5 @@
 """Shared fixtures: a small, fast study built on the digits example, written to a temporary directory."""
+\npytest_plugins = ["tests.postgres"]
 
 from __future__ import annotations
 
