@@ -1,5 +1,4 @@
 """Shared fixtures: a small, fast study built on the digits example, written to a temporary directory."""
-\npytest_plugins = ["tests.postgres"]
 
 from __future__ import annotations
 
@@ -11,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+pytest_plugins = ["tests.postgres"]
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "studies" / "digits.py"
