@@ -119,7 +119,9 @@ def _monitor(spec: StudySpec, procs: list[subprocess.Popen], progress: bool) -> 
                 _stop(procs)
                 done = True
             if bar is not None:
-                _update(bar, read_status(spec))
+                # A storage outage pauses the bar; the workers wait it out.
+                with contextlib.suppress(Exception):
+                    _update(bar, read_status(spec))
             if done:
                 return
             time.sleep(1.0)

@@ -21,7 +21,13 @@ _METHODS = sorted(n for n in dir(BaseStorage) if not n.startswith("_") and calla
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors that a later retry can cure: lost connections, locks, timeouts, I/O hiccups."""
+    """True for errors that a later retry can cure: lost connections, locks, timeouts, I/O hiccups.
+
+    Optuna wraps driver errors in ``StorageInternalError``; the cause decides.
+    """
+    if isinstance(exc, optuna.exceptions.StorageInternalError):
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and is_transient(cause)
     try:
         import sqlalchemy.exc as sa
     except ImportError:  # pragma: no cover - sqlalchemy is a dependency
@@ -50,7 +56,7 @@ class _Retrying:
         while True:
             try:
                 result = getattr(self._inner, name)(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - classified below; non-transient errors are re-raised as is
+            except Exception as exc:
                 waited = time.monotonic() - start
                 if not is_transient(exc) or waited >= self._max_wait:
                     raise

@@ -130,10 +130,15 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
                                pruner=pruner, load_if_exists=True)
 
 
-def load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+def load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None, max_wait: float = 0) -> optuna.Study:
+    """Load an existing study; with ``max_wait`` > 0 every storage call waits out outages that long (workers)."""
     import optuna
 
     storage = open_storage(spec.storage, create=False)
+    if max_wait > 0:
+        from sweeplight._retrying import retrying
+
+        storage = retrying(storage, max_wait=max_wait, label=spec.storage)
     try:
         return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:

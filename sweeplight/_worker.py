@@ -27,6 +27,7 @@ from sweeplight._trial_resume import requeue, resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 HEARTBEAT = "sweeplight:heartbeat"
+STORAGE_MAX_WAIT = 300.0  # seconds a worker waits out a storage outage before it gives up
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
 
@@ -53,7 +54,8 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = read_spec(study_dir)
     components = resolve_components(spec)
-    study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec))
+    study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
+                       max_wait=STORAGE_MAX_WAIT)
     heartbeat_storage = open_storage(spec.storage)
     print(f"worker {worker} (pid {os.getpid()}) on study {spec.name!r}", flush=True)
     while True:
