@@ -55,3 +55,13 @@ def test_postgres_restart_mid_study(make_study, postgres_server, postgres_url):
     worker_logs = "".join(log.read_text() for log in logs)
     assert "unavailable" in worker_logs and "is back after" in worker_logs
     assert postgres_server.password not in worker_logs + out + err
+
+
+def test_password_can_come_from_pgpassword_instead_of_the_url(postgres_server, postgres_url, monkeypatch):
+    url = postgres_url.replace(":" + postgres_url.split("://", 1)[1].split("@")[0].split(":", 1)[1] + "@", "@")
+    assert postgres_server.password not in url and "@" in url
+    monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    optuna.create_study(storage=url, study_name="from-env")
+    monkeypatch.setenv("PGPASSWORD", "wrong")
+    with pytest.raises(Exception, match="password authentication failed"):
+        optuna.load_study(study_name="from-env", storage=url)
