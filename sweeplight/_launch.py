@@ -8,7 +8,6 @@ cleanly (their running trials are recorded as interrupted).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -86,7 +85,7 @@ def launch(
     if stopped or any(code == 2 for code in codes):
         raise TrialConfigError(stopped or _last_error(logs))
     reason = _final_reason(spec, status)
-    if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
+    if reason.startswith("budget.max_failures"):
         raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
                            f"{directory / 'workers'}")
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
@@ -180,6 +179,3 @@ def _last_error(logs: list[Path]) -> str:
                 return line.removeprefix("error: ")
     return f"a worker failed; see {logs[0] if logs else 'the worker logs'}"
 
-
-def dump_spec(spec: StudySpec) -> str:
-    return json.dumps(spec_to_json(spec), indent=2)

@@ -354,6 +354,16 @@ def spec_to_json(spec: StudySpec) -> dict[str, Any]:
     return {"raw": spec.raw, "base_dir": str(spec.base_dir), "root": str(spec.root), "storage": spec.storage}
 
 
+def spec_from_dir(study_dir: Path) -> StudySpec:
+    """The spec a launch resolved and wrote to ``<study>/spec.json`` (what workers and ``status`` read)."""
+    import json
+
+    path = Path(study_dir) / "spec.json"
+    if not path.is_file():
+        raise SpecError("", f"{study_dir} is not a study directory (no spec.json); pass the study file or runs/<name>")
+    return spec_from_json(json.loads(path.read_text()))
+
+
 def spec_from_json(data: dict[str, Any]) -> StudySpec:
     raw = dict(data["raw"], root=data["root"], storage=data["storage"])
     return parse_spec(raw, Path(data["base_dir"]))

@@ -5,7 +5,6 @@ Reads only the storage and the resolved spec; it never imports torch, Lightning 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,19 +48,23 @@ class StudyStatus:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
 
 
+def failed_in_launch(trials: list, launch_id: str | None) -> int:
+    """Trials of this launch that failed on their own (not interrupted, not stale): what max_failures counts."""
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
+               and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials) if launch_id else 0
+
+
 def resolve(target: str | Path | StudySpec) -> StudySpec:
     """A study file, a study directory (holding spec.json) or a spec."""
     if isinstance(target, StudySpec):
         return target
     path = Path(target)
     if path.is_dir():
-        from sweeplight._spec import spec_from_json
+        from sweeplight._spec import spec_from_dir
 
-        if not (path / "spec.json").is_file():
-            from sweeplight._errors import SpecError
-
-            raise SpecError("", f"{path} is not a study directory (no spec.json); pass the study file or runs/<name>")
-        return spec_from_json(json.loads((path / "spec.json").read_text()))
+        return spec_from_dir(path)
     return load_spec(path)
 
 
@@ -94,8 +97,7 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
             pid=attrs.get("sweeplight:pid"), started=t.datetime_start.timestamp() if t.datetime_start else None,
             last_epoch=last, last_value=t.intermediate_values.get(last) if last is not None else None,
             heartbeat_age_s=round(now - beat, 1) if beat else None))
-    failures = sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
-                   and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials) if launch_id else 0
+    failures = failed_in_launch(trials, launch_id)
     stopped = study._storage.get_study_system_attrs(study._study_id).get("sweeplight:stopped") or ""
     return StudyStatus(
         name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,

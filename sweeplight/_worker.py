@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
+from sweeplight._spec import spec_from_dir
+from sweeplight._status import failed_in_launch
 from sweeplight._trial_resume import requeue, resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
@@ -30,12 +32,6 @@ HEARTBEAT = "sweeplight:heartbeat"
 STORAGE_MAX_WAIT = 300.0  # seconds a worker waits out a storage outage before it gives up
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
-
-
-def read_spec(study_dir: Path) -> Any:
-    from sweeplight._spec import spec_from_json
-
-    return spec_from_json(json.loads((study_dir / "spec.json").read_text()))
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:
@@ -52,7 +48,7 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     from sweeplight._storage import load_study, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    spec = read_spec(study_dir)
+    spec = spec_from_dir(study_dir)
     components = resolve_components(spec)
     study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
                        max_wait=STORAGE_MAX_WAIT)
@@ -112,12 +108,13 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     for key, value in (("stop_reason", summary.get("stop_reason")), ("summary", str(directory / "summary.json")),
                        ("epochs", summary.get("epochs")), ("error", (summary.get("error") or "")[:2000] or None)):
         if value is not None:
-            _retry(lambda k=key, v=value: storage.set_trial_system_attr(trial._trial_id, f"sweeplight:{k}", v))
+            attr = f"sweeplight:{key}"
+            _unless_finished(lambda a=attr, v=value: storage.set_trial_system_attr(trial._trial_id, a, v))
     for key, value in (summary.get("metrics") or {}).get("test", {}).items():
-        _retry(lambda k=key, v=value: storage.set_trial_user_attr(trial._trial_id, k, v))
+        _unless_finished(lambda k=key, v=value: storage.set_trial_user_attr(trial._trial_id, k, v))
     state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
     value = outcome.value if state == TrialState.COMPLETE else None
-    _retry(lambda: study.tell(trial, value, state=state, skip_if_finished=True))
+    _tell(study, trial, value, state)
     shown = f"{outcome.value:.6g}" if outcome.value is not None else "-"
     print(f"trial {trial.number}: {outcome.state} value={shown} ({summary.get('stop_reason')})", flush=True)
     if outcome.state == "FAIL" and summary.get("error") and not interrupted:
@@ -125,7 +122,7 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     if interrupted:
         return EXIT_INTERRUPTED
     if outcome.config_error is not None:
-        _retry(lambda: storage.set_study_system_attr(study._study_id, STOP_ATTR, str(outcome.config_error)))
+        _unless_finished(lambda: storage.set_study_system_attr(study._study_id, STOP_ATTR, str(outcome.config_error)))
         print(f"error: {outcome.config_error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     return None
@@ -149,12 +146,11 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     if deadline is not None and time.time() >= deadline:
         return "budget.timeout reached"
     trials = study.get_trials(deepcopy=False)
-    fail_stale(study, trials, spec.executor.heartbeat_interval)
-    trials = study.get_trials(deepcopy=False)
+    if fail_stale(study, trials, spec.executor.heartbeat_interval):
+        trials = study.get_trials(deepcopy=False)
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    failed = sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
-                 and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials)
+    failed = failed_in_launch(trials, launch_id)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
     n_trials = budget_trials(spec)
@@ -221,22 +217,28 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _retry(call: Any, attempts: int = 6, first_delay: float = 0.5) -> Any:
-    """Storage writes retry with backoff: a locked SQLite file or a brief outage must not lose a result."""
+def _tell(study: Any, trial: Any, value: float | None, state: Any) -> None:
+    """Tell the study. The grid sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside
+    ``optimize``; the state is stored before that raises (a ``finally`` in Optuna), and ``budget_trials`` already
+    ends the study at the grid's size, so that one error is expected."""
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def _unless_finished(call: Any) -> Any:
+    """Run a storage write, ignoring a trial that is already finished (stale-marked, or told before a crash).
+
+    Transient errors need no handling here: the worker's study storage retries them (``_retrying.py``).
+    """
     from optuna.exceptions import UpdateFinishedTrialError
 
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            return call()
-        except UpdateFinishedTrialError:
-            return None
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay *= 2
-    return None
+    try:
+        return call()
+    except UpdateFinishedTrialError:
+        return None
 
 
 def follower(directory: Path) -> int:
@@ -244,7 +246,7 @@ def follower(directory: Path) -> int:
     from sweeplight._check import resolve_components
     from sweeplight._trial import run_trial
 
-    spec = read_spec(directory.parent.parent)
+    spec = spec_from_dir(directory.parent.parent)
     payload = json.loads((directory / "ddp.json").read_text())
     resume = None
     if payload.get("resume"):
