@@ -11,9 +11,13 @@ import functools
 import importlib
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeplight._errors import TrialConfigError
+from sweeplight._summary import write_json_atomic
+
+HISTORY_FILE = "history.json"  # the curve so far, rewritten every epoch
 
 if TYPE_CHECKING:
     import optuna
@@ -30,18 +34,20 @@ def trial_monitor_class(namespace: str) -> type:
 
     class TrialMonitor(pl.Callback):
         def __init__(self, *, metric: str, required: tuple[str, ...], trial: optuna.Trial | None, number: int = 0,
-                     verbose: bool = True) -> None:
+                     verbose: bool = True, history_path: Path | None = None) -> None:
             self.metric = metric
             self.number = number
             self.verbose = verbose  # one line per epoch on stdout (the worker's log)
             self.required = required  # metrics other callbacks monitor (early stopping)
             self.trial = trial  # None on DDP ranks other than 0
             self.history: list[dict[str, Any]] = []
+            self.history_path = history_path  # rank 0: the curve so far, for a resume after SIGKILL
             self.pruned = False
             self._epoch_started = time.perf_counter()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._merge_train_metrics(trainer)
+            self._save_history()
             self._epoch_started = time.perf_counter()
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
@@ -62,6 +68,7 @@ def trial_monitor_class(namespace: str) -> type:
             else:
                 self.history.append(entry)
             self._print(entry, "")
+            self._save_history()
             prune = False
             if self.trial is not None:
                 value = metrics[self.metric]
@@ -85,6 +92,12 @@ def trial_monitor_class(namespace: str) -> type:
                 scalar = _scalar(value)
                 if scalar is not None:
                     entry.setdefault(key, scalar)
+
+        def _save_history(self) -> None:
+            # Before the epoch's checkpoint is written (ModelCheckpoint runs after this callback), so a worker
+            # killed without warning leaves a curve at least as long as its checkpoint.
+            if self.history_path is not None and self.history:
+                write_json_atomic(self.history_path, {"history": self.history}, durable=False)
 
         def _print(self, entry: dict[str, Any], note: str) -> None:
             if self.verbose:

@@ -46,29 +46,9 @@ def launch(
     >>> result = launch("studies/digits.yaml", overrides=["budget.n_trials=4"])  # doctest: +SKIP
     >>> result.status.best_value  # doctest: +SKIP
     """
-    import optuna
-
-    from sweeplight._check import check_spec
-    from sweeplight._samplers import build_pruner, build_sampler
-    from sweeplight._storage import create_or_load_study
-    from sweeplight._summary import write_json_atomic
-    from sweeplight._trial_resume import requeue
-    from sweeplight._worker import STOP_ATTR
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study if isinstance(study, StudySpec) else load_spec(study, overrides)
-    check_spec(spec)  # imports the user's classes and checks every name before anything is created
-    optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    prepare(spec, progress=progress)
     directory = spec.directory
-    (directory / "workers").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / "spec.json", spec_to_json(spec))
-    optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
-    from sweeplight._worker import _file_lock
-
-    with _file_lock(directory / ".ask.lock"):
-        requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
-    if requeued and progress:
-        print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
     launch_id = uuid.uuid4().hex[:12]
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
     count = workers or spec.executor.workers
@@ -89,10 +69,42 @@ def launch(
         raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
                            f"{directory / 'workers'}")
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if bad:
+    if bad and reason.startswith("budget.n_trials"):  # a worker died, yet the others finished its work
+        print(f"warning: worker {bad[0][0]} exited with code {bad[0][1]}; its trial was re-run by the others; log: "
+              f"{logs[bad[0][0]]}", file=sys.stderr)
+    elif bad:
         raise StudyStopped(f"worker {bad[0][0]} exited with code {bad[0][1]}: {_last_error(logs[bad[0][0]:])}; "
                            f"log: {logs[bad[0][0]]}")
     return LaunchResult(name=spec.name, directory=directory, status=status, stop_reason=reason, worker_logs=logs)
+
+
+def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
+    """Everything before the workers start: check, warn, create or resume the study, write ``spec.json``, re-queue
+    interrupted and stale trials. Returns the Optuna study."""
+    import optuna
+
+    from sweeplight._check import check_spec
+    from sweeplight._heartbeat import ask_lock
+    from sweeplight._samplers import build_pruner, build_sampler
+    from sweeplight._storage import create_or_load_study, storage_warnings
+    from sweeplight._summary import write_json_atomic
+    from sweeplight._trial_resume import requeue
+    from sweeplight._worker import STOP_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_spec(spec)  # imports the user's classes and checks every name before anything is created
+    for warning in storage_warnings(spec.storage):
+        print(f"warning: {warning}", file=sys.stderr)
+    optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    directory = spec.directory
+    (directory / "workers").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "spec.json", spec_to_json(spec))
+    optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
+    with ask_lock(directory):
+        requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
+    if requeued and progress:
+        print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
+    return optuna_study
 
 
 def _start_worker(directory: Path, index: int, launch_id: str, deadline: float | None, log: Path) -> subprocess.Popen:

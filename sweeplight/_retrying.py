@@ -16,6 +16,14 @@ from optuna.storages import BaseStorage
 
 from sweeplight._storage import mask_url
 
+_last_recovery = float("-inf")  # monotonic time when this process last saw an outage end
+
+
+def last_recovery() -> float:
+    """When (``time.monotonic()``) a storage call last succeeded after failing; -inf if none ever failed."""
+    return _last_recovery
+
+
 # Every public method of BaseStorage: forwarded to the wrapped storage with retries.
 _METHODS = sorted(n for n in dir(BaseStorage) if not n.startswith("_") and callable(getattr(BaseStorage, n)))
 
@@ -69,6 +77,8 @@ class _Retrying:
                 delay = min(delay * 2, 10.0)
                 continue
             if warned:
+                global _last_recovery
+                _last_recovery = time.monotonic()
                 print(f"sweeplight: {self._label} is back after {time.monotonic() - start:.1f} s", file=sys.stderr,
                       flush=True)
             return result

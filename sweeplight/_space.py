@@ -81,6 +81,19 @@ class Param:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
 
+    def distribution(self) -> optuna.distributions.BaseDistribution | None:
+        """The Optuna distribution ``suggest`` uses (None for a list/mapping fixed value, kept as a user attr)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.type == "fixed":
+            scalar = self.value is None or isinstance(self.value, (bool, int, float, str))
+            return CategoricalDistribution([self.value]) if scalar else None
+        if self.type == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+
     def grid_values(self) -> list[Any]:
         """All values of this parameter for a grid search; floats need a ``step``."""
         if self.type == "fixed":
@@ -100,6 +113,36 @@ class Param:
         if self.type == "int":
             return [int(self.low + i * step) for i in range(count)]
         return [round(self.low + i * step, 12) for i in range(count)]
+
+
+def describe(space: tuple[Param, ...]) -> dict[str, dict[str, Any]]:
+    """A JSON-able description of the space, stored with the study so a resume can refuse a changed space."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in space:
+        entry: dict[str, Any] = {"type": p.type}
+        if p.type in ("float", "int"):
+            entry.update(low=p.low, high=p.high, log=p.log, step=p.step)
+        elif p.type == "categorical":
+            entry["choices"] = list(p.choices)
+        else:
+            entry["value"] = p.value
+        if p.when:
+            entry["when"] = {k: list(v) for k, v in sorted(p.when.items())}
+        out[p.name] = entry
+    return out
+
+
+def space_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two ``describe`` results, e.g. ``['lr (high 0.1 -> 0.3)', 'width (added)']``."""
+    changes = [f"{name} (removed)" for name in old if name not in new]
+    changes += [f"{name} (added)" for name in new if name not in old]
+    for name in old:
+        if name in new and old[name] != new[name]:
+            keys = sorted(set(old[name]) | set(new[name]), key=str)
+            diff = [f"{k} {show(old[name].get(k))} -> {show(new[name].get(k))}" for k in keys
+                    if old[name].get(k) != new[name].get(k)]
+            changes.append(f"{name} ({', '.join(diff)})")
+    return changes
 
 
 def parse_space(raw: Any) -> tuple[Param, ...]:

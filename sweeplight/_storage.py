@@ -5,9 +5,12 @@ One place masks passwords, so no log line, status table or error message ever sh
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote
 
 from sweeplight._errors import SpecError, StorageError
 from sweeplight._fields import did_you_mean, show, type_name
@@ -21,6 +24,7 @@ _SCHEMES = ("sqlite", "postgresql", "mysql", "journal")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 # user:password@ after '://', at the start of the text or after a space; the password runs to the last '@' of the
 # word, so one holding '@', '/' or ':' is masked whole. ':' followed by '//' is a scheme, not a user.
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PASSWORD = re.compile(r"((?:^|://|\s)[^\s/:]*):(?!//)\S*@")
 
 
@@ -63,8 +67,25 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
 def storage_file(url: str) -> Path | None:
     """The file behind an SQLite or journal URL (``scheme:////abs/path``, as SQLAlchemy writes it), else None."""
     if url.startswith(("sqlite:///", "journal:///")):
-        return Path(url.split(":///", 1)[1])
+        return Path(url.split(":///", 1)[1].split("?", 1)[0])
     return None
+
+
+def expand_env(url: str) -> str:
+    """Replace ``${NAME}`` with the environment variable NAME, at connect time only.
+
+    The study file (and the ``spec.json`` copy of it) keeps ``${PGPASSWORD}``, so a password never lands on disk;
+    libpq's own ``PGPASSWORD`` and ``~/.pgpass`` work as well when the URL has no password at all.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match[1]
+        if name not in os.environ:
+            raise StorageError(f"storage: the URL uses ${{{name}}} but the environment variable {name} is not set; "
+                               f"export {name}=... before launching (on SLURM: in the job's environment too)")
+        return quote(os.environ[name], safe="/:")
+
+    return _ENV.sub(value, url)
 
 
 def mask_url(url: str) -> str:
@@ -76,58 +97,181 @@ def mask_url(url: str) -> str:
     return _PASSWORD.sub(r"\1:***@", url)
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
-    """Open the storage; SQLite gets a long busy timeout so concurrent workers wait instead of failing.
+def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna.storages.BaseStorage:
+    """Open the storage, tuned for many workers sharing it.
 
-    With ``create=False`` a missing SQLite or journal file is an error instead of a new empty file (``status``
-    must not leave files behind).
+    SQLite waits up to 120 s on a locked file instead of failing. A journal file gets the lock that works on its
+    file system (``journal_lock``). A server database keeps a small pool per process (``pool_size`` + 2 overflow,
+    checked with ``pool_pre_ping`` so a restarted server is reconnected to, recycled hourly): 100 workers need about
+    400 connections, not the 1,500 SQLAlchemy's defaults allow. With ``create=False`` a missing SQLite or journal file
+    is an error instead of a new empty file (``status`` must not leave files behind).
     """
     import optuna
 
-    if not create and url.startswith(("sqlite:///", "journal:///")):
-        path = storage_file(url)
-        if not path.is_file():
-            raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
-                               "sweeplight study launch STUDY.yaml")
-
+    path = storage_file(url)
+    if not create and path is not None and not path.is_file():
+        raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
+                           "sweeplight study launch STUDY.yaml")
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = storage_file(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(url)))
         if url.startswith("sqlite"):
-            engine_kwargs = {"connect_args": {"timeout": 120}}
-            storage_file(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
+        else:
+            engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2, "pool_recycle": 3600}
+        return optuna.storages.RDBStorage(expand_env(url), engine_kwargs=engine_kwargs,
+                                          skip_compatibility_check=False)
+    except StorageError:
+        raise
+    except ImportError:
+        scheme = url.split("://")[0].lower()
+        hint = _DRIVERS.get(scheme, "install the SQLAlchemy driver the URL names")
+        raise StorageError(f"storage: no database driver for {scheme}:// URLs; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        text = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise StorageError(f"storage: cannot open {mask_url(url)!r}: {text}; check the URL, that the server is "
-                           "running and reachable, and the credentials") from None
+        raise StorageError(f"storage: cannot open {mask_url(url)!r}: {_first_line(exc)}; check the URL, that the "
+                           "server is running and reachable, and the credentials") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return mask_url(text)[:300]
+
+
+def journal_lock(url: str) -> Any:
+    """The journal file's writer lock: ``?lock=open|symlink`` and ``?grace=SECONDS`` in the URL, else by file system.
+
+    ``open`` (an O_EXCL lock file) is atomic on local disks, NFSv3+, Lustre, GPFS and SMB, which may not allow
+    symlinks; ``symlink`` is for NFSv2. A writer that dies holding the lock blocks the others for ``grace`` seconds
+    (default 30), after which the lock is broken (the lock is held only for the few milliseconds of an append).
+    """
+    from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
+
+    path = storage_file(url)
+    query = parse_qs(url.split("?", 1)[1]) if "?" in url else {}
+    unknown = sorted(set(query) - {"lock", "grace"})
+    if unknown:
+        raise StorageError(f"storage: unknown journal option {unknown[0]!r}; allowed: lock=open|symlink, "
+                           "grace=SECONDS")
+    kind = query.get("lock", [""])[-1]
+    if kind not in ("", "open", "symlink"):
+        raise StorageError(f"storage: lock={kind!r}; use lock=open (NFSv3+, local disks) or lock=symlink (NFSv2)")
+    grace_text = query.get("grace", ["30"])[-1]
+    try:
+        grace = int(grace_text)
+        if grace < 3:
+            raise ValueError
+    except ValueError:
+        raise StorageError(f"storage: grace={grace_text!r}; give a whole number of seconds >= 3 (default 30)") from None
+    if not kind:
+        mount = filesystem(path)
+        kind = "symlink" if mount is not None and "vers=2" in mount.options.split(",") else "open"
+    lock = JournalFileOpenLock if kind == "open" else JournalFileSymlinkLock
+    return lock(str(path), grace_period=grace)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """The mount a path lives on, from /proc/mounts."""
+
+    point: str
+    fstype: str
+    options: str
+
+    @property
+    def networked(self) -> bool:
+        return self.fstype.split(".")[0] in NETWORK_FILESYSTEMS or self.fstype.startswith("fuse.")
+
+
+# File systems where SQLite's fcntl locks are unreliable (the SQLite FAQ, and every HPC centre's wiki).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "cephfs", "ceph",
+                       "glusterfs", "panfs", "wekafs", "9p", "afs")
+
+
+def filesystem(path: Path, mounts: str = "/proc/mounts") -> Mount | None:
+    """The mount holding ``path`` (the longest mount point that contains it), or None where /proc is missing."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best: Mount | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.point)):
+            best = Mount(point=point, fstype=fields[2], options=fields[3])
+    return best
+
+
+def storage_warnings(url: str, mounts: str = "/proc/mounts") -> list[str]:
+    """What is unsafe about this storage, one line each (launch prints them; ``storage check`` too)."""
+    path = storage_file(url)
+    if path is None or not url.startswith("sqlite"):
+        return []
+    mount = filesystem(path.parent if not path.exists() else path, mounts)
+    if mount is None or not mount.networked:
+        return []
+    return [f"storage: the SQLite file {str(path)!r} is on {mount.fstype} ({mount.point}), where SQLite's file "
+            f"locking is unsafe and concurrent workers can corrupt the study; use a journal file "
+            f"(storage: {path.with_suffix('.log').name}) or PostgreSQL"]
+
+
+_DRIVERS = {
+    "postgresql": "pip install 'psycopg[binary]' (or pip install 'sweeplight[postgres]')",
+    "postgresql+psycopg": "pip install 'psycopg[binary]'",
+    "postgresql+psycopg2": "pip install psycopg2-binary",
+    "mysql": "pip install mysqlclient, or use mysql+pymysql:// with pip install pymysql",
+    "mysql+pymysql": "pip install pymysql",
+}
+SPACE_ATTR = "sweeplight:search_space"  # study system attr: the space the study was created with
 
 
 def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
-    """Create the study, or resume it when it exists with the same direction."""
+    """Create the study, or resume it when it exists with the same direction and search space.
+
+    A changed space would mix trials of two experiments under one name (and samplers would model them together),
+    so it is refused before anything is written.
+    """
+    import json
+
     import optuna
+
+    from sweeplight._space import describe, space_changes
 
     storage = open_storage(spec.storage)
     direction = spec.objective.direction
+    space = json.loads(json.dumps(describe(spec.search_space)))  # as it reads back from the storage
     try:
-        existing = optuna.study.get_all_study_summaries(storage, include_best_trial=False)
+        existing = storage.get_all_studies()
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {mask_url(str(exc))[:200]}") from None
-    for summary in existing:
-        if summary.study_name == spec.name:
-            if summary.direction.name.lower() != direction:
-                raise StorageError(
-                    f"objective.direction: study {spec.name!r} already exists in {mask_url(spec.storage)!r} with "
-                    f"direction {summary.direction.name.lower()}, not {direction}; rename the study or use another "
-                    "storage")
-            break
-    return optuna.create_study(study_name=spec.name, storage=storage, direction=direction, sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+        raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {_first_line(exc)}; check that the "
+                           "server is running and reachable") from None
+    summary = next((s for s in existing if s.study_name == spec.name), None)
+    if summary is not None:
+        if summary.direction.name.lower() != direction:
+            raise StorageError(
+                f"objective.direction: study {spec.name!r} already exists in {mask_url(spec.storage)!r} with "
+                f"direction {summary.direction.name.lower()}, not {direction}; rename the study or use another "
+                "storage")
+        old = summary.system_attrs.get(SPACE_ATTR)
+        changes = space_changes(old, space) if old is not None else []
+        if changes:
+            raise StorageError(
+                f"search_space: study {spec.name!r} already exists with a different search space ("
+                f"{'; '.join(changes)[:400]}); to search the new space give the study a new name (name: "
+                f"{spec.name}-2), or restore the old space to resume")
+    study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    if summary is None or summary.system_attrs.get(SPACE_ATTR) is None:
+        study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, space)
+    return study
 
 
 def load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None, max_wait: float = 0) -> optuna.Study:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeplight._callbacks import TrialPrunedSignal, trial_monitor_class
+from sweeplight._callbacks import HISTORY_FILE, TrialPrunedSignal, trial_monitor_class
 from sweeplight._check import Components, split_params
 from sweeplight._errors import TrialConfigError
 from sweeplight._spec import StudySpec
@@ -83,7 +83,8 @@ def run_trial(
         param_count = sum(p.numel() for p in model.parameters())
         required = (config.early_stopping["monitor"],) if config.early_stopping else ()
         monitor = trial_monitor_class(components.namespace)(
-            metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0)
+            metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0,
+            history_path=trial_dir / HISTORY_FILE if rank == 0 else None)
         if resume is not None:
             monitor.history = [dict(h) for h in resume.history]
             if trial is not None:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sweeplight._callbacks import HISTORY_FILE
+
 RETRY_OF = "sweeplight:retry_of"
 
 
@@ -23,7 +25,10 @@ def requeue(study: Any) -> list[int]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    from sweeplight._sync import SYNCED_FROM
+
+    # Already re-run, or its result was recovered from its summary.
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials} | {t.system_attrs.get(SYNCED_FROM) for t in trials}
     done = []
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried:
@@ -50,9 +55,10 @@ def resume_for(spec: Any, trial: Any) -> Any:
         return None  # interrupted before its first epoch: start from scratch
     epoch = _checkpoint_epoch(checkpoint)
     old_history: list[dict[str, Any]] = []
-    summary = old_dir / "summary.json"
-    if summary.is_file():
-        old_history = json.loads(summary.read_text()).get("history") or []
+    for name in ("summary.json", HISTORY_FILE):  # no summary when the worker was killed without warning
+        if (old_dir / name).is_file():
+            old_history = json.loads((old_dir / name).read_text()).get("history") or []
+            break
     history = [h for h in old_history if h["epoch"] <= epoch]
     return Resume(from_trial=old, checkpoint=checkpoint, history=history,
                   restarts=int(trial.user_attrs.get("sweeplight:restarts", 1)),

@@ -10,52 +10,79 @@ running trial lets any worker fail (and re-queue) the trial of a worker that die
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
+from sweeplight._heartbeat import HEARTBEAT, ask_lock, beating, fail_stale
+from sweeplight._retrying import is_transient
 from sweeplight._spec import spec_from_dir
 from sweeplight._status import failed_in_launch
-from sweeplight._trial_resume import requeue, resume_for
+from sweeplight._storage import mask_url
+from sweeplight._trial_resume import resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
-HEARTBEAT = "sweeplight:heartbeat"
 STORAGE_MAX_WAIT = 300.0  # seconds a worker waits out a storage outage before it gives up
+EXIT_STORAGE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
+
+# Runs one trial: (spec, trial, params, trial directory, resume or None) -> TrialOutcome.
+Runner = Callable[[Any, Any, dict, Path, Any], Any]
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:
     return study_dir / "trials" / str(number)
 
 
-def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int) -> int:
+class LightningRunner:
+    """The real trial: the Lightning trainer, on one process or as rank 0 of a DDP group it starts."""
+
+    def __init__(self, spec: Any) -> None:
+        from sweeplight._check import resolve_components
+
+        self.components = resolve_components(spec)
+
+    def __call__(self, spec: Any, trial: Any, params: dict, directory: Path, resume: Any) -> Any:
+        from sweeplight._ddp import ddp_ranks, world_size
+        from sweeplight._trainer_spec import trainer_for_trial
+        from sweeplight._trial import run_trial
+
+        size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
+        payload = {"number": trial.number, "params": params,
+                   "resume": None if resume is None else {"from_trial": resume.from_trial,
+                                                          "checkpoint": str(resume.checkpoint)}}
+        with ddp_ranks(size, directory, payload) as ranks:
+            outcome = run_trial(spec, self.components, number=trial.number, params=params, trial=trial,
+                                trial_dir=directory, resume=resume)
+            ranks["ok"] = outcome.state != "FAIL"
+        return outcome
+
+
+def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int,
+         runner: Runner | None = None) -> int:
     """Run trials until the budget, the deadline or a stop; returns the process exit code."""
     import optuna
 
-    from sweeplight._check import resolve_components
     from sweeplight._samplers import build_pruner, build_sampler
     from sweeplight._space import sample
-    from sweeplight._storage import load_study, open_storage
+    from sweeplight._storage import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = spec_from_dir(study_dir)
-    components = resolve_components(spec)
+    runner = runner or LightningRunner(spec)
     study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
                        max_wait=STORAGE_MAX_WAIT)
-    heartbeat_storage = open_storage(spec.storage)
+    monitor = load_study(spec)  # heartbeats: its own storage, which fails fast instead of waiting
     print(f"worker {worker} (pid {os.getpid()}) on study {spec.name!r}", flush=True)
     while True:
-        with _file_lock(study_dir / ".ask.lock"):
+        with ask_lock(study_dir):
             reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline)
             if reason is not None:
                 print(f"worker {worker}: stopping ({reason})", flush=True)
@@ -66,55 +93,46 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
                                "host": os.uname().nodename, HEARTBEAT: time.time()}.items():
                 study._storage.set_trial_system_attr(trial._trial_id, key if key == HEARTBEAT else
                                                      f"sweeplight:{key}", value)
-        code = _run_one(spec, components, study, trial, params, heartbeat_storage)
+        code = _run_one(spec, runner, study, trial, params, monitor)
         if code is not None:
             return code
 
 
-def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, heartbeat_storage: Any) -> int | None:
+def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, monitor: Any) -> int | None:
     from optuna.trial import TrialState
 
-    from sweeplight._ddp import ddp_ranks, world_size
     from sweeplight._summary import write_json_atomic
-    from sweeplight._trainer_spec import trainer_for_trial
-    from sweeplight._trial import Interrupted, TrialOutcome, run_trial
+    from sweeplight._trial import Interrupted, TrialOutcome
 
     directory = trial_dir(spec.directory, trial.number)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
-    size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
     resume = resume_for(spec, trial)
     if resume is not None:
         print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint}", flush=True)
-    payload = {"number": trial.number, "params": params,
-               "resume": None if resume is None else {"from_trial": resume.from_trial,
-                                                      "checkpoint": str(resume.checkpoint)}}
-    with _heartbeat(heartbeat_storage, trial._trial_id, spec.executor.heartbeat_interval):
+    with beating(monitor, trial._trial_id, spec.executor.heartbeat_interval, spec.directory):
         try:
-            with ddp_ranks(size, directory, payload) as ranks:
-                outcome = run_trial(spec, components, number=trial.number, params=params, trial=trial,
-                                    trial_dir=directory, resume=resume)
-                ranks["ok"] = outcome.state != "FAIL"
+            outcome = runner(spec, trial, params, directory, resume)
         except Interrupted:  # arrived outside training (building, testing): no history to keep
             outcome = TrialOutcome(state="FAIL", value=None, interrupted=True, summary={
                 "schema_version": 1, "study": spec.name, "trial": trial.number, "state": "FAIL",
                 "params": params, "stop_reason": "interrupted", "error": "worker interrupted (SIGTERM/SIGINT)"})
     interrupted = outcome.interrupted
     summary = outcome.summary
-    write_json_atomic(directory / "summary.json", summary)  # durable before the study is told
-    if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None:
+    path = directory / "summary.json"
+    write_json_atomic(path, summary)  # durable before the study is told
+    if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None and "metrics" in summary:
         _write_hparams(spec, params, outcome, directory)  # pruned trials show their last value
-    storage = study._storage
-    for key, value in (("stop_reason", summary.get("stop_reason")), ("summary", str(directory / "summary.json")),
-                       ("epochs", summary.get("epochs")), ("error", (summary.get("error") or "")[:2000] or None)):
-        if value is not None:
-            attr = f"sweeplight:{key}"
-            _unless_finished(lambda a=attr, v=value: storage.set_trial_system_attr(trial._trial_id, a, v))
-    for key, value in (summary.get("metrics") or {}).get("test", {}).items():
-        _unless_finished(lambda k=key, v=value: storage.set_trial_user_attr(trial._trial_id, k, v))
     state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
-    value = outcome.value if state == TrialState.COMPLETE else None
-    _tell(study, trial, value, state)
+    try:
+        _record(spec, study, trial, summary, path, state, outcome.value if state == TrialState.COMPLETE else None)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        print(f"error: cannot record trial {trial.number} in the study ({mask_url(str(exc))[:200]}); its result is "
+              f"kept in {path}; run `sweeplight study sync {spec.directory}` once the storage is back",
+              file=sys.stderr, flush=True)
+        return EXIT_STORAGE
     shown = f"{outcome.value:.6g}" if outcome.value is not None else "-"
     print(f"trial {trial.number}: {outcome.state} value={shown} ({summary.get('stop_reason')})", flush=True)
     if outcome.state == "FAIL" and summary.get("error") and not interrupted:
@@ -122,10 +140,33 @@ def _run_one(spec: Any, components: Any, study: Any, trial: Any, params: dict, h
     if interrupted:
         return EXIT_INTERRUPTED
     if outcome.config_error is not None:
+        storage = study._storage
         _unless_finished(lambda: storage.set_study_system_attr(study._study_id, STOP_ATTR, str(outcome.config_error)))
         print(f"error: {outcome.config_error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     return None
+
+
+def _record(spec: Any, study: Any, trial: Any, summary: dict, path: Path, state: Any, value: float | None) -> None:
+    """Attributes, then the tell. A trial failed as stale meanwhile (its worker was cut off from the storage for
+    two heartbeat intervals) keeps its result: it is added as a new trial linked to this one."""
+    from sweeplight._sync import SUMMARY_ATTR, add
+
+    storage = study._storage
+    for key, attr_value in (("stop_reason", summary.get("stop_reason")), ("epochs", summary.get("epochs")),
+                            ("error", (summary.get("error") or "")[:2000] or None)):
+        if attr_value is not None:
+            attr = f"sweeplight:{key}"
+            _unless_finished(lambda a=attr, v=attr_value: storage.set_trial_system_attr(trial._trial_id, a, v))
+    _unless_finished(lambda: storage.set_trial_system_attr(trial._trial_id, SUMMARY_ATTR, str(path)))
+    for key, metric in (summary.get("metrics") or {}).get("test", {}).items():
+        _unless_finished(lambda k=key, v=metric: storage.set_trial_user_attr(trial._trial_id, k, v))
+    if _tell(study, trial, value, state) or state.name not in ("COMPLETE", "PRUNED"):
+        return
+    with ask_lock(spec.directory):
+        number = add(study, spec, summary, path)
+    print(f"trial {trial.number} was failed as stale while this worker could not reach the storage; its result "
+          f"is recorded as trial {number}", file=sys.stderr, flush=True)
 
 
 def _write_hparams(spec: Any, params: dict, outcome: Any, directory: Path) -> None:
@@ -145,9 +186,8 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
         return f"config error: {message}"
     if deadline is not None and time.time() >= deadline:
         return "budget.timeout reached"
+    fail_stale(study, spec.executor.heartbeat_interval)
     trials = study.get_trials(deepcopy=False)
-    if fail_stale(study, trials, spec.executor.heartbeat_interval):
-        trials = study.get_trials(deepcopy=False)
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     failed = failed_in_launch(trials, launch_id)
@@ -169,63 +209,20 @@ def budget_trials(spec: Any) -> int | None:
     return size if spec.budget.n_trials is None else min(size, spec.budget.n_trials)
 
 
-def fail_stale(study: Any, trials: list, interval: float) -> list[int]:
-    """Mark RUNNING trials whose heartbeat is older than two intervals (+10 s) as FAIL; return their numbers."""
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
+def _tell(study: Any, trial: Any, value: float | None, state: Any) -> bool:
+    """Tell the study; False when the trial was already finished (failed as stale).
 
-    now, stale = time.time(), []
-    for t in trials:
-        beat = t.system_attrs.get(HEARTBEAT)
-        if t.state == TrialState.RUNNING and beat is not None and now - beat > 2 * interval + 10:
-            try:  # the reason first: a finished trial's attributes can no longer change
-                study._storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "stale")
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except (UpdateFinishedTrialError, RuntimeError):
-                continue  # another worker got there first, or the trial just finished
-            stale.append(t.number)
-    if stale:
-        requeue(study)
-    return stale
-
-
-@contextlib.contextmanager
-def _heartbeat(storage: Any, trial_id: int, interval: float) -> Iterator[None]:
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(interval):
-            with contextlib.suppress(Exception):
-                storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
-
-    thread = threading.Thread(target=beat, name="sweeplight-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tell(study: Any, trial: Any, value: float | None, state: Any) -> None:
-    """Tell the study. The grid sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside
+    The grid sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside
     ``optimize``; the state is stored before that raises (a ``finally`` in Optuna), and ``budget_trials`` already
     ends the study at the grid's size, so that one error is expected."""
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        return False
     try:
         study.tell(trial, value, state=state, skip_if_finished=True)
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
+    return True
 
 
 def _unless_finished(call: Any) -> Any:
@@ -267,7 +264,7 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner: Runner | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeplight._worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("work", help="run trials of the study in STUDY_DIR until its budget is met")
@@ -283,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     signal.signal(signal.SIGINT, _raise_interrupted)
     try:
-        return work(args.study_dir.resolve(), launch_id=args.launch_id, deadline=args.deadline, worker=args.worker)
+        return work(args.study_dir.resolve(), launch_id=args.launch_id, deadline=args.deadline, worker=args.worker,
+                    runner=runner)
     except SweeplightError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

@@ -46,6 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
                     "and create nothing.", epilog=EPILOG)
     validate.add_argument("study", help="the study file (YAML)")
     _add_set(validate)
+
+    sync = verbs.add_parser(
+        "sync", help="put results the study is missing back into it from the trials' summary.json files",
+        description="Every finished trial writes summary.json before it tells the study. When the tell never "
+                    "reached the storage (database down longer than workers wait, a worker killed in between), "
+                    "sync closes such trials, or adds their results as new trials linked to them. Running it twice "
+                    "adds nothing. Example: sweeplight study sync runs/digits", epilog=EPILOG)
+    sync.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    sync.add_argument("--json", action="store_true", help="print what was done as JSON")
+
+    storage = groups.add_parser("storage", help="check a storage before pointing workers at it",
+                                description="Storage commands.", epilog=EPILOG)
+    storage_verbs = storage.add_subparsers(dest="verb", metavar="VERB", required=True)
+    check = storage_verbs.add_parser(
+        "check", help="connect, time a round trip, and say what to change",
+        description="Connect to a storage the way a worker does: report the backend, the file system of a file "
+                    "storage, the server version and connection limit of a database, the round-trip latency, and "
+                    "warnings (SQLite on NFS, a slow link). Creates nothing. Examples: sweeplight storage check "
+                    "runs/study.log; sweeplight storage check 'postgresql://me@db/sweeps'; sweeplight storage check "
+                    "studies/digits.yaml", epilog=EPILOG)
+    check.add_argument("target", help="a storage URL, a .db or .log path, a study file or a study directory")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -131,7 +153,39 @@ def _run(args: argparse.Namespace) -> int:
               f"{components.model_cls.__name__}, data {components.data_cls.__name__}, storage "
               f"{_masked(spec.storage)}")
         return 0
+    if args.verb == "sync":
+        return _sync(args)
+    if args.verb == "check":
+        from sweeplight._storage_check import check_storage, format_report, storage_url_for
+
+        report = check_storage(storage_url_for(args.target))
+        if args.json:
+            import json
+
+            print(json.dumps(report.as_dict(), indent=2))
+        else:
+            print(format_report(report))
+        return 0
     raise AssertionError(args.verb)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from sweeplight._status import resolve
+    from sweeplight._sync import sync
+
+    report = sync(resolve(args.study))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    added = ", ".join(f"trial {old} as trial {new}" for old, new in report.added)
+    print(f"sync: finished {len(report.finished)} running trials{f' {report.finished}' if report.finished else ''}, "
+          f"added {len(report.added)}{f' ({added})' if added else ''}, {report.present} already in the study")
+    for line in report.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    return 0
 
 
 def _masked(url: str) -> str:
