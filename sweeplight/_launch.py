@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeplight._errors import StudyStopped, TrialConfigError
+from sweeplight._errors import SpecError, StudyStopped, SweeplightError, TrialConfigError
 from sweeplight._spec import StudySpec, load_spec, spec_to_json
 from sweeplight._status import StudyStatus, read_status
 
@@ -95,10 +96,22 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
     check_spec(spec)  # imports the user's classes and checks every name before anything is created
     for warning in storage_warnings(spec.storage):
         print(f"warning: {warning}", file=sys.stderr)
-    optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
     directory = spec.directory
-    (directory / "workers").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(directory / "spec.json", spec_to_json(spec))
+    new = next((d for d in reversed([directory, *directory.parents]) if not d.exists()), None)  # mkdir -p's top
+    try:
+        optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
+    except SweeplightError:
+        if new is not None:  # a refused or failed create leaves nothing behind
+            shutil.rmtree(new, ignore_errors=True)
+        raise
+    try:
+        (directory / "workers").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / "spec.json", spec_to_json(spec))
+    except OSError as exc:
+        if new is not None:
+            shutil.rmtree(new, ignore_errors=True)
+        raise SpecError("root", f"cannot write {directory}: {exc.strerror}; free space on that file system "
+                        "(df -h) or point root at another directory") from None
     optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
     with ask_lock(directory):
         requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint

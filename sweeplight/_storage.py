@@ -40,10 +40,11 @@ def resolve_storage_url(raw: Any, study_dir: Path, base_dir: Path) -> str:
         raise SpecError("storage", f"expected an SQLAlchemy URL or a file path, got {type_name(raw)} {show(raw)}")
     match = _URL.match(raw)
     if match is None:
-        path = Path(raw).expanduser()
+        text, _, query = raw.partition("?")
+        path = Path(text).expanduser()
         path = path if path.is_absolute() else (base_dir / path).resolve()
         if path.suffix == ".log":
-            return f"journal:///{path}"
+            return f"journal:///{path}" + (f"?{query}" if query else "")
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
             return f"sqlite:///{path}"
         raise SpecError("storage", f"got {show(mask_url(raw))}; use a URL (sqlite:///, postgresql://, mysql://, "
@@ -109,6 +110,7 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
     import optuna
 
     path = storage_file(url)
+    created = (None, None) if path is None else (_missing_ancestor(path), None if path.exists() else path)
     if not create and path is not None and not path.is_file():
         raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
                            "sweeplight study launch STUDY.yaml")
@@ -116,8 +118,9 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
+            lock = journal_lock(url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(url)))
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
         if url.startswith("sqlite"):
             path.parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
@@ -126,14 +129,59 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
         return optuna.storages.RDBStorage(expand_env(url), engine_kwargs=engine_kwargs,
                                           skip_compatibility_check=False)
     except StorageError:
+        _remove_new(created)
         raise
     except ImportError:
         scheme = url.split("://")[0].lower()
         hint = _DRIVERS.get(scheme, "install the SQLAlchemy driver the URL names")
         raise StorageError(f"storage: no database driver for {scheme}:// URLs; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        raise StorageError(f"storage: cannot open {mask_url(url)!r}: {_first_line(exc)}; check the URL, that the "
-                           "server is running and reachable, and the credentials") from None
+        _remove_new(created)
+        raise StorageError(f"storage: cannot open {mask_url(url)!r}: {_first_line(exc)}; {advice(exc)}") from None
+
+
+_ADVICE = (
+    (("disk is full", "no space left", "disk quota"), "free space on that file system (df -h), or point root or "
+     "storage at another one"),
+    (("not a database", "file is encrypted", "malformed"), "the file is not an SQLite database of Optuna; point "
+     "storage at a new file"),
+    (("password authentication failed", "access denied"), "check the user and password (keep the password out of "
+     "the study file: ${PGPASSWORD} in the URL, the PGPASSWORD variable or ~/.pgpass)"),
+    (("read-only file system", "permission denied", "unable to open database file"), "pick a directory you can write"),
+    (("database \"", "unknown database"), "create the database first (createdb NAME, or CREATE DATABASE NAME)"),
+    (("could not translate host name", "name or service not known"), "check the host name in the URL"),
+)
+
+
+def advice(exc: BaseException) -> str:
+    """What to do about a storage error, from its message: one line for the user, not the driver's jargon."""
+    text = str(exc).lower()
+    for needles, hint in _ADVICE:
+        if any(n in text for n in needles):
+            return hint
+    return "check the URL, that the server is running and reachable from this node, and the credentials"
+
+
+def _missing_ancestor(path: Path) -> Path | None:
+    """The topmost directory of ``path``'s parents that does not exist yet (what mkdir -p would create)."""
+    top = None
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            break
+        top = parent
+    return top
+
+
+def _remove_new(created: tuple[Path | None, Path | None]) -> None:
+    """Undo what a failed open made: a new directory tree, or a new file in an existing one."""
+    import shutil
+
+    directory, file = created
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+    elif file is not None:
+        for leftover in file.parent.glob(file.name + "*"):  # also -journal / .lock companions
+            leftover.unlink(missing_ok=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -245,14 +293,17 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
 
     from sweeplight._space import describe, space_changes
 
+    path = storage_file(spec.storage)
+    created = (None, None) if path is None else (_missing_ancestor(path), None if path.exists() else path)
     storage = open_storage(spec.storage)
     direction = spec.objective.direction
     space = json.loads(json.dumps(describe(spec.search_space)))  # as it reads back from the storage
     try:
         existing = storage.get_all_studies()
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one masked line
-        raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {_first_line(exc)}; check that the "
-                           "server is running and reachable") from None
+        _remove_new(created)
+        raise StorageError(f"storage: cannot read {mask_url(spec.storage)!r}: {_first_line(exc)}; {advice(exc)}"
+                           ) from None
     summary = next((s for s in existing if s.study_name == spec.name), None)
     if summary is not None:
         if summary.direction.name.lower() != direction:
@@ -267,10 +318,16 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
                 f"search_space: study {spec.name!r} already exists with a different search space ("
                 f"{'; '.join(changes)[:400]}); to search the new space give the study a new name (name: "
                 f"{spec.name}-2), or restore the old space to resume")
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
-    if summary is None or summary.system_attrs.get(SPACE_ATTR) is None:
-        study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, space)
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+        if summary is None or summary.system_attrs.get(SPACE_ATTR) is None:
+            study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, space)
+    except Exception as exc:  # noqa: BLE001 - a full disk, a lost connection: one line, and nothing left behind
+        if summary is None:
+            _remove_new(created)
+        raise StorageError(f"storage: cannot create study {spec.name!r} in {mask_url(spec.storage)!r}: "
+                           f"{_first_line(exc)}; {advice(exc)}") from None
     return study
 
 

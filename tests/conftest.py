@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def make_study(tmp_path: Path):
     return make
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real ``sweeplight`` command line in a fresh process."""
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``sweeplight`` command line in a fresh process (``env`` adds to the environment)."""
     return subprocess.run([sys.executable, "-m", "sweeplight.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+                          timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
