@@ -43,6 +43,7 @@ def trial_monitor_class(namespace: str) -> type:
             self.history: list[dict[str, Any]] = []
             self.history_path = history_path  # rank 0: the curve so far, for a resume after SIGKILL
             self.pruned = False
+            self.offline = False  # the storage was unreachable past the worker's wait: stop reporting
             self._epoch_started = time.perf_counter()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -72,12 +73,29 @@ def trial_monitor_class(namespace: str) -> type:
             prune = False
             if self.trial is not None:
                 value = metrics[self.metric]
-                self.trial.report(value, step=epoch)
-                prune = self.trial.should_prune() or not math.isfinite(value)
+                prune = not math.isfinite(value) or self._report(value, epoch)
             prune = bool(trainer.strategy.broadcast(prune, src=0))
             if prune:
                 self.pruned = True
                 raise TrialPrunedSignal(f"pruned at epoch {epoch}")
+
+        def _report(self, value: float, epoch: int) -> bool:
+            """Report to the study and ask the pruner. When the storage stays unreachable past the worker's wait,
+            training goes on unpruned: the curve is in the summary, and ``study sync`` reports it later."""
+            if self.offline:
+                return False
+            try:
+                self.trial.report(value, step=epoch)
+                return self.trial.should_prune()
+            except Exception as exc:
+                from sweeplight._retrying import is_transient
+
+                if not is_transient(exc):
+                    raise
+                self.offline = True
+                print(f"trial {self.number}: the storage is unreachable; training on without pruning, the results "
+                      "stay in summary.json", flush=True)
+                return False
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             self._merge_train_metrics(trainer)

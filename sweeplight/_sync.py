@@ -75,6 +75,9 @@ def finish(study: Any, trial: Any, summary: dict[str, Any], path: Path) -> None:
             storage.set_trial_system_attr(trial._trial_id, key, value)
         for key, value in _test_metrics(summary).items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
+        for step, value in (summary.get("intermediate_values") or {}).items():  # epochs not reported in the outage
+            if int(step) not in trial.intermediate_values and value is not None:
+                storage.set_trial_intermediate_value(trial._trial_id, int(step), float(value))
         state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(summary["state"], TrialState.FAIL)
         value = summary["objective"]["value"] if state == TrialState.COMPLETE else None
         if state == TrialState.COMPLETE and value is None:

@@ -28,7 +28,8 @@ from sweeplight._storage import mask_url
 from sweeplight._trial_resume import resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
-STORAGE_MAX_WAIT = 300.0  # seconds a worker waits out a storage outage before it gives up
+# Seconds a worker waits out a storage outage before it gives up (its result stays in summary.json for `study sync`).
+STORAGE_MAX_WAIT = float(os.environ.get("SWEEPLIGHT_STORAGE_WAIT", "300"))
 EXIT_STORAGE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143

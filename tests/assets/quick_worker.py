@@ -23,11 +23,11 @@ def quick_trial(spec: Any, trial: Any, params: dict, directory: Path, resume: An
     started = time.time()
     numbers = [v for v in params.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     value = float(sum(numbers))
-    time.sleep(float(os.environ.get("QUICK_TRIAL_SECONDS", "0")))
     steps = {}
     for step in range(3):
         steps[step] = value * (step + 1) / 3
         trial.report(steps[step], step)
+    time.sleep(float(os.environ.get("QUICK_TRIAL_SECONDS", "0")))  # the outage tests stop the storage here
     summary = {"schema_version": 1, "study": spec.name, "trial": trial.number, "state": "COMPLETE",
                "params": params, "objective": {"metric": spec.objective.metric, "value": value},
                "intermediate_values": {str(k): v for k, v in steps.items()}, "epochs": 3,
