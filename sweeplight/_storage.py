@@ -189,7 +189,7 @@ def _first_line(exc: BaseException) -> str:
     return mask_url(text)[:300]
 
 
-def journal_lock(url: str) -> Any:
+def journal_lock(url: str, mounts: str = "/proc/mounts") -> Any:
     """The journal file's writer lock: ``?lock=open|symlink`` and ``?grace=SECONDS`` in the URL, else by file system.
 
     ``open`` (an O_EXCL lock file) is atomic on local disks, NFSv3+, Lustre, GPFS and SMB, which may not allow
@@ -215,7 +215,7 @@ def journal_lock(url: str) -> Any:
     except ValueError:
         raise StorageError(f"storage: grace={grace_text!r}; give a whole number of seconds >= 3 (default 30)") from None
     if not kind:
-        mount = filesystem(path)
+        mount = filesystem(path, mounts)
         kind = "symlink" if mount is not None and "vers=2" in mount.options.split(",") else "open"
     lock = JournalFileOpenLock if kind == "open" else JournalFileSymlinkLock
     return lock(str(path), grace_period=grace)

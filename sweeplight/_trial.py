@@ -27,6 +27,7 @@ from sweeplight._summary import (
     versions,
 )
 from sweeplight._trainer_spec import TrainerConfig, trainer_for_trial
+from sweeplight._trial_resume import weights_only
 
 
 class Interrupted(BaseException):
@@ -105,7 +106,8 @@ def run_trial(
         if config.lr_find and resume is None:
             lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)
         ckpt_path = str(resume.checkpoint) if resume is not None else None
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
+                    weights_only=weights_only(ckpt_path) if ckpt_path else None)
         test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
         state = "COMPLETE"
         stop_reason = _stop_reason(trainer, early_stopping, config)
@@ -205,8 +207,9 @@ def _test(pl: Any, trainer: Any, model: Any, datamodule: Any, checkpoint: Any) -
     helpers = importlib.import_module(f"{pl.__name__}.utilities.model_helpers")
     if not (helpers.is_overridden("test_step", model) and helpers.is_overridden("test_dataloader", datamodule)):
         return {}
-    ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
-    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    ckpt_path = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False,
+                           weights_only=weights_only(ckpt_path) if ckpt_path else None)
     merged: dict[str, float] = {}
     for result in results or []:
         merged.update({k: float(v) for k, v in result.items()})

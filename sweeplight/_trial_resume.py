@@ -68,8 +68,20 @@ def resume_for(spec: Any, trial: Any) -> Any:
 def _checkpoint_epoch(path: Path) -> int:
     import torch
 
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - checkpoints holding user objects in their hparams need the full loader
-        data = torch.load(path, map_location="cpu", weights_only=False)
+    data = torch.load(path, map_location="cpu", weights_only=weights_only(path))
     return int(data.get("epoch", -1))
+
+
+def weights_only(path: Path | str) -> bool:
+    """Load with ``weights_only=True`` unless the checkpoint holds Python objects (hyperparameters a module saved
+    with ``save_hyperparameters`` may); the full unpickler runs only on our own trial's checkpoints, and says so."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        unsafe = get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - an unreadable file fails properly in the load that follows
+        return True
+    if unsafe:
+        print(f"checkpoint {path} holds Python objects ({', '.join(unsafe[:3])}); loading it with "
+              "weights_only=False", flush=True)
+    return not unsafe
