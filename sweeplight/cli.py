@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND")
-    study = groups.add_parser("study", help="launch, inspect and validate studies", description="Study commands.",
+    study = groups.add_parser("study", help="launch, inspect, validate and sync studies", description="Study commands.",
                               epilog=EPILOG)
     verbs = study.add_subparsers(dest="verb", metavar="VERB", required=True)
 
