@@ -94,13 +94,14 @@ def test_killed_worker_trial_is_rerun_from_its_checkpoint(make_study, storage_ur
     deadline = time.time() + 180
     while victim is None and time.time() < deadline:
         time.sleep(0.3)
-        for ckpt in spec.directory.glob("trials/*/checkpoints/last.ckpt"):
-            victim = int(ckpt.parent.parent.name)
-            break
-    assert victim is not None, "no trial wrote a checkpoint"
-    study = load_study(spec)
-    trial = next(t for t in study.get_trials() if t.number == victim)
-    os.kill(trial.system_attrs["sweeplight:pid"], signal.SIGKILL)
+        with_checkpoint = {int(c.parent.parent.name) for c in spec.directory.glob("trials/*/checkpoints/last.ckpt")}
+        if with_checkpoint:
+            running = [t for t in load_study(spec).get_trials() if t.state == TrialState.RUNNING
+                       and t.number in with_checkpoint]
+            victim = running[0] if running else None
+    assert victim is not None, "no running trial wrote a checkpoint"
+    os.kill(victim.system_attrs["sweeplight:pid"], signal.SIGKILL)
+    victim = victim.number
     killed_at = time.time()
     _, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, err[-3000:]
