@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     groups = parser.add_subparsers(dest="group", metavar="COMMAND")
-    study = groups.add_parser("study", help="launch, inspect, validate and sync studies", description="Study commands.",
+    study = groups.add_parser("study", help="launch, inspect, analyse and sync studies", description="Study commands.",
                               epilog=EPILOG)
     verbs = study.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -55,6 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "adds nothing. Example: sweeplight study sync runs/digits", epilog=EPILOG)
     sync.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
     sync.add_argument("--json", action="store_true", help="print what was done as JSON")
+
+    best = verbs.add_parser(
+        "best", help="the best trial: parameters, objective, checkpoint, and a command that re-runs it",
+        description="Print the best completed trial's parameters (YAML), objective, test metrics and checkpoint, and "
+                    "write runs/<name>/best-<number>.yaml, a study file with every parameter fixed to those values, so "
+                    "one command re-runs exactly that configuration. Example: sweeplight study best runs/digits",
+        epilog=EPILOG)
+    best.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    best.add_argument("--json", action="store_true", help="print the best trial as JSON")
+
+    export = verbs.add_parser(
+        "export", help="write the trials and learning curves as parquet or CSV tables",
+        description="Write trials.<format> (one row per trial: state, objective, params.*, best./last./test. "
+                    "metrics, epochs, stop reason, wall time, memory, host, ...) and curves.<format> (study, trial, "
+                    "epoch, metric, value). Example: sweeplight study export runs/digits --format csv", epilog=EPILOG)
+    export.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    export.add_argument("--format", dest="fmt", choices=("parquet", "csv"), default="parquet",
+                        help="file format (default parquet)")
+    export.add_argument("--out", default=None, help="output directory (default: <study directory>/export)")
+
+    report = verbs.add_parser(
+        "report", help="write a self-contained HTML report (opens offline)",
+        description="Write one HTML file with plotly.js inlined: optimization history, parallel coordinates, "
+                    "parameter importances, slice and contour plots, learning curves (pruned and early-stopped "
+                    "trials marked), the trial table, wall times with a suggested SLURM --time, states over time per "
+                    "worker, and the best trial. Example: sweeplight study report runs/digits", epilog=EPILOG)
+    report.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    report.add_argument("--out", default=None, help="output file (default: <study directory>/report.html)")
 
     storage = groups.add_parser("storage", help="check a storage before pointing workers at it",
                                 description="Storage commands.", epilog=EPILOG)
@@ -99,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: workers stopped; running trials are recorded as interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sweeplight study best --json | head`: the reader left, nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             raise
@@ -155,6 +188,21 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "sync":
         return _sync(args)
+    if args.verb == "best":
+        return _best(args)
+    if args.verb == "export":
+        from sweeplight._status import resolve
+        from sweeplight.analysis import export
+
+        out = args.out or resolve(args.study).directory / "export"
+        for path in export(args.study, out, fmt=args.fmt):
+            print(path)
+        return 0
+    if args.verb == "report":
+        from sweeplight._report import write_report
+
+        print(write_report(args.study, args.out))
+        return 0
     if args.verb == "check":
         from sweeplight._storage_check import check_storage, format_report, storage_url_for
 
@@ -167,6 +215,31 @@ def _run(args: argparse.Namespace) -> int:
             print(format_report(report))
         return 0
     raise AssertionError(args.verb)
+
+
+def _best(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from sweeplight.analysis import best_trial
+
+    best = best_trial(args.study)
+    if args.json:
+        print(json.dumps({"study": best.study, "number": best.number, "value": best.value, "metric": best.metric,
+                          "direction": best.direction, "params": best.params, "test_metrics": best.test_metrics,
+                          "checkpoint": str(best.checkpoint) if best.checkpoint else None,
+                          "rerun_command": best.rerun_command}, indent=2))
+        return 0
+    print(f"# best trial of study {best.study!r}: trial {best.number}, {best.metric} = {best.value:.6g} "
+          f"({best.direction})")
+    print(yaml.safe_dump({"params": best.params}, sort_keys=False).rstrip())
+    if best.test_metrics:
+        print(yaml.safe_dump({"test": best.test_metrics}, sort_keys=False).rstrip())
+    print(f"checkpoint: {best.checkpoint or '(none)'}")
+    if best.rerun_command:
+        print(f"re-run: {best.rerun_command}")
+    return 0
 
 
 def _sync(args: argparse.Namespace) -> int:
