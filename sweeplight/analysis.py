@@ -34,6 +34,11 @@ _SUMMARY_COLUMNS = ("epochs", "stop_reason", "wall_time_s", "peak_rss_mb", "peak
                     "slurm_array_task_id")
 
 
+# Columns every row has, after the summary's (see _trial_row).
+_ROW_COLUMNS = ("lr_find", "swa", "host", "worker", "retry_of", "synced_from", "started", "finished", "duration_s",
+                "error", "checkpoint", "summary")
+
+
 @dataclass
 class StudyResults:
     """One study read once: its Optuna trials and the summaries they point to (None where a trial has none)."""
@@ -44,6 +49,7 @@ class StudyResults:
     directory: Path | None
     trials: list[optuna.trial.FrozenTrial]
     summaries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    storage: str | None = None  # the storage URL (may hold a password: show it through mask_url)
 
 
 def load_results(*targets: str | Path) -> list[StudyResults]:
@@ -61,7 +67,7 @@ def trials_frame(*targets: str | Path | StudyResults) -> pd.DataFrame:
     rows = [_trial_row(study, t) for study in _results(targets) for t in study.trials]
     frame = pd.DataFrame.from_records(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["study", "number", "state", "objective"])
+        return pd.DataFrame(columns=["study", "number", "state", "objective", *_SUMMARY_COLUMNS, *_ROW_COLUMNS])
     params = sorted(c for c in frame.columns if c.startswith("params."))
     metrics = sorted(c for c in frame.columns if c.split(".", 1)[0] in ("best", "last", "test"))
     first = ["study", "number", "state", "objective", *params, *metrics]
@@ -78,6 +84,8 @@ def curves_frame(*targets: str | Path | StudyResults) -> pd.DataFrame:
         for number, summary in study.summaries.items():
             for entry in (summary or {}).get("history") or []:
                 epoch = entry.get("epoch")
+                if not isinstance(epoch, int):
+                    continue
                 for key, value in entry.items():
                     if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                         rows.append((study.name, number, epoch, key, float(value)))
@@ -105,12 +113,15 @@ class BestTrial:
         return None if self.rerun_file is None else f"sweeplight study launch {self.rerun_file}"
 
 
-def best_trial(target: str | Path, *, write_rerun: bool = True) -> BestTrial:
+def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = True) -> BestTrial:
     """The best COMPLETE trial. With ``write_rerun`` a study file fixing its parameters is written next to the study
     (``runs/<name>/best-<number>.yaml``, study name ``<name>-best-<number>``) so one command re-runs it."""
     from sweeplight._errors import SweeplightError
 
-    (study,) = _results((target,))[:1] or (None,)
+    studies = _results((target,))
+    if len(studies) != 1:
+        raise SweeplightError(f"{target} holds {len(studies)} studies; name one: its study file or runs/<name>")
+    study = studies[0]
     complete = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
     if not complete:
         raise SweeplightError(f"study {study.name!r} has no completed trial yet ({len(study.trials)} trials); "
@@ -185,13 +196,13 @@ def _load_target(target: str | Path) -> list[StudyResults]:
     text = str(target)
     if _URL.match(text) and not Path(text).exists():
         storage = open_storage(text, create=False)
-        return [_read(storage, s.study_name, None, None) for s in storage.get_all_studies()]
+        return [_read(storage, s.study_name, None, None, text) for s in storage.get_all_studies()]
     spec = resolve(target)
     storage = open_storage(spec.storage, create=False)
-    return [_read(storage, spec.name, spec.objective.metric, spec.directory)]
+    return [_read(storage, spec.name, spec.objective.metric, spec.directory, spec.storage)]
 
 
-def _read(storage: Any, name: str, metric: str | None, directory: Path | None) -> StudyResults:
+def _read(storage: Any, name: str, metric: str | None, directory: Path | None, url: str) -> StudyResults:
     import optuna
 
     study = optuna.load_study(study_name=name, storage=storage)
@@ -201,11 +212,14 @@ def _read(storage: Any, name: str, metric: str | None, directory: Path | None) -
         path = t.system_attrs.get("sweeplight:summary")
         if path is None and directory is not None:
             path = directory / "trials" / str(t.number) / "summary.json"
-        summaries[t.number] = _read_json(Path(path)) if path else None
+        summary = _read_json(Path(path)) if path else None
+        if summary is None and directory is not None:  # still running: the curve so far, rewritten every epoch
+            summary = _read_json(directory / "trials" / str(t.number) / "history.json")
+        summaries[t.number] = summary
     if metric is None:
         metric = next(((s.get("objective") or {}).get("metric") for s in summaries.values() if s), None)
     return StudyResults(name=name, direction=study.direction.name.lower(), metric=metric, directory=directory,
-                        trials=trials, summaries=summaries)
+                        trials=trials, summaries=summaries, storage=url)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -247,6 +261,8 @@ def _trial_row(study: StudyResults, t: optuna.trial.FrozenTrial) -> dict[str, An
     row["finished"] = t.datetime_complete
     row["duration_s"] = ((t.datetime_complete - t.datetime_start).total_seconds()
                          if t.datetime_start and t.datetime_complete else None)
+    error = summary.get("error") or attrs.get("sweeplight:error")
+    row["error"] = error.strip().splitlines()[-1][:300] if error else None
     row["checkpoint"] = (summary.get("checkpoints") or {}).get("best")
     row["summary"] = attrs.get("sweeplight:summary")
     return row
