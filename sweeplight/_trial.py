@@ -108,9 +108,11 @@ def run_trial(
         ckpt_path = str(resume.checkpoint) if resume is not None else None
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
                     weights_only=weights_only(ckpt_path) if ckpt_path else None)
+        # Before the test: testing the best checkpoint restores EarlyStopping's state from it, resetting the epoch
+        # it stopped at whenever the best epoch came before the stop (always, with min_delta 0).
+        stop_reason = _stop_reason(trainer, early_stopping, config)
         test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
         state = "COMPLETE"
-        stop_reason = _stop_reason(trainer, early_stopping, config)
     except Interrupted:
         interrupted, stop_reason, error = True, "interrupted", "worker interrupted (SIGTERM/SIGINT)"
     except TrialPrunedSignal:

@@ -113,9 +113,10 @@ class BestTrial:
         return None if self.rerun_file is None else f"sweeplight study launch {self.rerun_file}"
 
 
-def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = True) -> BestTrial:
-    """The best COMPLETE trial. With ``write_rerun`` a study file fixing its parameters is written next to the study
-    (``runs/<name>/best-<number>.yaml``, study name ``<name>-best-<number>``) so one command re-runs it."""
+def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = False) -> BestTrial:
+    """The best COMPLETE trial. With ``write_rerun`` (``study best`` sets it) a study file fixing its parameters is
+    written next to the study (``runs/<name>/best-<number>.yaml``, study name ``<name>-best-<number>``) so one
+    command re-runs it; without, nothing is written."""
     from sweeplight._errors import SweeplightError
 
     studies = _results((target,))
@@ -139,7 +140,7 @@ def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = True) -
                      test_metrics=dict((summary.get("metrics") or {}).get("test") or {}))
 
 
-def load_best_model(target: str | Path) -> Any:
+def load_best_model(target: str | Path | StudyResults) -> Any:
     """The best trial's model, loaded from its best checkpoint with the study's model class (in eval mode)."""
     from sweeplight._check import resolve_components
     from sweeplight._errors import SweeplightError
@@ -150,7 +151,7 @@ def load_best_model(target: str | Path) -> Any:
     if best.checkpoint is None or not best.checkpoint.is_file():
         raise SweeplightError(f"trial {best.number} of study {best.study!r} has no checkpoint on disk "
                               f"({best.checkpoint}); re-run it: sweeplight study best {target}")
-    components = resolve_components(resolve(target))
+    components = resolve_components(resolve(target.directory if isinstance(target, StudyResults) else target))
     model = components.model_cls.load_from_checkpoint(str(best.checkpoint), map_location="cpu",
                                                       weights_only=weights_only(best.checkpoint))
     return model.eval()

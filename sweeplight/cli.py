@@ -224,7 +224,7 @@ def _best(args: argparse.Namespace) -> int:
 
     from sweeplight.analysis import best_trial
 
-    best = best_trial(args.study)
+    best = best_trial(args.study, write_rerun=True)
     if args.json:
         print(json.dumps({"study": best.study, "number": best.number, "value": best.value, "metric": best.metric,
                           "direction": best.direction, "params": best.params, "test_metrics": best.test_metrics,

@@ -105,7 +105,7 @@ def test_export_writes_both_tables(study_path, tmp_path):
 def test_best_prints_params_and_reruns_exactly(study_path):
     result = run_cli("study", "best", str(study_path))
     assert result.returncode == 0, result.stderr
-    best = best_trial(study_path)
+    best = best_trial(study_path, write_rerun=True)
     frame = trials_frame(study_path)
     complete = frame[frame["state"] == "COMPLETE"]
     assert best.value == pytest.approx(complete["objective"].max())

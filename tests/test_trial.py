@@ -66,6 +66,16 @@ def test_early_stopping_is_the_recorded_stop_reason(make_study):
     assert outcome.summary["epochs"] == 2  # epoch 0 sets the best, epoch 1 cannot improve by 0.5
 
 
+def test_early_stopping_on_a_plateau_is_recorded(make_study):
+    """lr 0: the metric never moves, so the best checkpoint (epoch 0) comes before the stop; testing that checkpoint
+    restores EarlyStopping's state, which must not turn the stop reason into max_epochs."""
+    _, _, _, outcome = _run(make_study({"search_space": {"_replace": True, "lr": {"type": "fixed", "value": 0.0},
+                                                         "width": [32]},
+                                        "trainer": {"max_epochs": 6, "early_stopping": {"patience": 2}}}))
+    assert outcome.summary["epochs"] == 3 and outcome.summary["stop_reason"] == "early_stopping"
+    assert outcome.summary["checkpoints"]["best"].endswith("best-epoch=000.ckpt")
+
+
 def test_pruned_trial_stops_at_once_and_keeps_intermediate_values(make_study):
     _, study, trial, outcome = _run(make_study({"pruner": {"name": "threshold", "options": {"lower": 0.999}},
                                                 "trainer": {"max_epochs": 5}}))
