@@ -20,7 +20,6 @@ Only completed trials count towards the best value, as in Optuna and ``sweepligh
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sweeplight import SweeplightError
-from sweeplight.analysis import StudyResults, load_results, trials_frame
+from sweeplight.analysis import StudyResults, load_results, trials_frame, write_html
 
 STATES = ("COMPLETE", "PRUNED", "FAIL")  # always shown; RUNNING/WAITING only when a study has them
 COLORS = ("#1f77b4", "#d62728")
@@ -192,15 +191,6 @@ def box_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
     figure.update_layout(boxmode="group", title="Objective per trial (a pruned trial's last reported value)",
                          yaxis_title="objective", height=480)
     return figure
-
-
-def write_html(figures: list[go.Figure], path: Path, title: str) -> Path:
-    """One page holding the figures, plotly.js inlined once: it opens offline, unlike include_plotlyjs="cdn"."""
-    parts = [figure.to_html(full_html=False, include_plotlyjs=index == 0) for index, figure in enumerate(figures)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    head = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
-    path.write_text(head + "<body>\n" + "\n".join(parts) + "\n</body></html>\n", encoding="utf-8")
-    return path
 
 
 if __name__ == "__main__":

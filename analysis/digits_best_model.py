@@ -22,7 +22,6 @@ come from this checkpoint; ``--strict`` turns it into exit status 1.
 from __future__ import annotations
 
 import argparse
-import html
 import inspect
 import json
 import sys
@@ -39,7 +38,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import accuracy_score, confusion_matrix
 
 from sweeplight import SweeplightError
-from sweeplight.analysis import best_trial, load_best_model, load_results
+from sweeplight.analysis import best_trial, load_best_model, load_results, write_html
 
 CLASSES = list(range(10))
 # Recorded test_acc is a float32 mean over the test set; the exact fraction differs from it by ~1e-8, one sample of
@@ -337,15 +336,6 @@ def pca_figure(predictions: TestPredictions, title: str) -> go.Figure:
         xaxis_title=f"PC1 ({explained[0]:.0%} of variance)", yaxis_title=f"PC2 ({explained[1]:.0%} of variance)",
         legend_title="true digit", height=650)
     return figure
-
-
-def write_html(figures: list[go.Figure], path: Path, title: str) -> Path:
-    """One page holding the figures, plotly.js inlined once: it opens offline, unlike include_plotlyjs="cdn"."""
-    parts = [figure.to_html(full_html=False, include_plotlyjs=index == 0) for index, figure in enumerate(figures)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    head = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
-    path.write_text(head + "<body>\n" + "\n".join(parts) + "\n</body></html>\n", encoding="utf-8")
-    return path
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
     from sweeplight._check import check_spec
     from sweeplight._heartbeat import ask_lock
     from sweeplight._samplers import build_pruner, build_sampler
-    from sweeplight._storage import create_or_load_study, storage_warnings
+    from sweeplight._storage import create_or_load_study, missing_top, storage_warnings
     from sweeplight._summary import write_json_atomic
     from sweeplight._trial_resume import requeue
     from sweeplight._worker import STOP_ATTR
@@ -97,19 +97,16 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
     for warning in storage_warnings(spec.storage):
         print(f"warning: {warning}", file=sys.stderr)
     directory = spec.directory
-    new = next((d for d in reversed([directory, *directory.parents]) if not d.exists()), None)  # mkdir -p's top
+    new = missing_top(directory)  # removed again if anything below fails: a failed launch leaves nothing
     try:
         optuna_study = create_or_load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec))
-    except SweeplightError:
-        if new is not None:  # a refused or failed create leaves nothing behind
-            shutil.rmtree(new, ignore_errors=True)
-        raise
-    try:
         (directory / "workers").mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / "spec.json", spec_to_json(spec))
-    except OSError as exc:
+    except (SweeplightError, OSError) as exc:
         if new is not None:
             shutil.rmtree(new, ignore_errors=True)
+        if isinstance(exc, SweeplightError):
+            raise
         raise SpecError("root", f"cannot write {directory}: {exc.strerror}; free space on that file system "
                         "(df -h) or point root at another directory") from None
     optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")

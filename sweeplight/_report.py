@@ -66,7 +66,7 @@ def write_report(target: str | Path | StudyResults, path: str | Path | None = No
     """
     results = _one_study(target)
     out = _output_path(results, path)
-    page = render_report(results, storage=_storage_url(target, results))
+    page = render_report(results, storage=results.storage)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
@@ -153,39 +153,16 @@ def _output_path(results: StudyResults, path: str | Path | None) -> Path:
     return results.directory / "report.html"
 
 
-def _storage_url(target: str | Path | StudyResults, results: StudyResults) -> str | None:
-    """The study's storage URL from its study file or spec.json (StudyResults does not keep it); None if unknown."""
-    from sweeplight._errors import SweeplightError
-    from sweeplight._status import resolve
-    from sweeplight._storage import _URL
-
-    if not isinstance(target, StudyResults) and _URL.match(str(target)) and not Path(target).exists():
-        return str(target)  # the storage URL itself
-    source = results.directory if isinstance(target, StudyResults) else target
-    if source is None or (isinstance(target, StudyResults) and not (Path(source) / "spec.json").is_file()):
-        return None
-    try:
-        return resolve(source).storage
-    except (SweeplightError, OSError, ValueError):
-        return None
-
-
 def _collect(results: StudyResults, storage: str | None, now: datetime) -> _Data:
     trials = trials_frame(results)
-    stop = trials["stop_reason"] if "stop_reason" in trials else [None] * len(trials)
-    trials["kind"] = [trial_kind(state, reason) for state, reason in zip(trials["state"], stop, strict=True)]
-    trials["error"] = [_first_line((results.summaries.get(int(n)) or {}).get("error")) for n in trials["number"]]
+    trials["kind"] = [trial_kind(state, reason) for state, reason in zip(trials["state"], trials["stop_reason"],
+                                                                          strict=True)]
     complete = [t for t in results.trials if t.state.name == "COMPLETE" and t.value is not None]
     best = best_trial(results, write_rerun=False) if complete else None
     study = _memory_study(results)
     importances, note = _importances(study, complete)
     return _Data(results=results, trials=trials, curves=curves_frame(results), study=study, best=best,
                  importances=importances, importance_note=note, storage=storage, now=now)
-
-
-def _first_line(error: str | None) -> str | None:
-    """The exception line of a failed trial's traceback: enough for the table, the rest is in summary.json."""
-    return error.strip().splitlines()[0][:300] if error and error.strip() else None
 
 
 def _memory_study(results: StudyResults) -> optuna.Study:

@@ -110,7 +110,7 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
     import optuna
 
     path = storage_file(url)
-    created = (None, None) if path is None else (_missing_ancestor(path), None if path.exists() else path)
+    created = _new_paths(url)
     if not create and path is not None and not path.is_file():
         raise StorageError(f"storage: {str(path)!r} does not exist; launch the study first: "
                            "sweeplight study launch STUDY.yaml")
@@ -162,14 +162,17 @@ def advice(exc: BaseException) -> str:
     return "check the URL, that the server is running and reachable from this node, and the credentials"
 
 
-def _missing_ancestor(path: Path) -> Path | None:
-    """The topmost directory of ``path``'s parents that does not exist yet (what mkdir -p would create)."""
-    top = None
-    for parent in [path.parent, *path.parent.parents]:
-        if parent.exists():
-            break
-        top = parent
-    return top
+def missing_top(path: Path) -> Path | None:
+    """The topmost of ``path`` and its parents that does not exist yet (what ``mkdir -p path`` would create)."""
+    return next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+
+
+def _new_paths(url: str) -> tuple[Path | None, Path | None]:
+    """What opening a file storage may create: (a new directory tree, a new file); ``_remove_new`` undoes it."""
+    path = storage_file(url)
+    if path is None:
+        return None, None
+    return missing_top(path.parent), None if path.exists() else path
 
 
 def _remove_new(created: tuple[Path | None, Path | None]) -> None:
@@ -293,8 +296,7 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
 
     from sweeplight._space import describe, space_changes
 
-    path = storage_file(spec.storage)
-    created = (None, None) if path is None else (_missing_ancestor(path), None if path.exists() else path)
+    created = _new_paths(spec.storage)
     storage = open_storage(spec.storage)
     direction = spec.objective.direction
     space = json.loads(json.dumps(describe(spec.search_space)))  # as it reads back from the storage

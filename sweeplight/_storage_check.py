@@ -17,6 +17,7 @@ from sweeplight._errors import StorageError
 from sweeplight._storage import (
     filesystem,
     mask_url,
+    missing_top,
     open_storage,
     resolve_storage_url,
     storage_file,
@@ -116,9 +117,8 @@ def format_report(report: CheckReport) -> str:
 
 
 def _writable_directory(directory: Path) -> Path:
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    top = missing_top(directory)
+    existing = directory if top is None else top.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise StorageError(f"storage: cannot create files in {str(existing)!r} (permission denied); pick a directory "
                            "you can write, e.g. under your home or scratch space")

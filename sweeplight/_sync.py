@@ -71,9 +71,9 @@ def finish(study: Any, trial: Any, summary: dict[str, Any], path: Path) -> None:
 
     storage = study._storage
     try:
-        for key, value in _system_attrs(summary, path).items():
+        for key, value in result_attrs(summary, path).items():
             storage.set_trial_system_attr(trial._trial_id, key, value)
-        for key, value in _test_metrics(summary).items():
+        for key, value in test_metrics(summary).items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
         for step, value in (summary.get("intermediate_values") or {}).items():  # epochs not reported in the outage
             if int(step) not in trial.intermediate_values and value is not None:
@@ -106,8 +106,8 @@ def add(study: Any, spec: Any, summary: dict[str, Any], path: Path) -> int:
     number = int(summary["trial"])
     trial = optuna.trial.create_trial(
         params={k: params[k] for k in distributions}, distributions=distributions, value=value, state=state,
-        intermediate_values=steps, user_attrs=_test_metrics(summary),
-        system_attrs={**_system_attrs(summary, path), SYNCED_FROM: number})
+        intermediate_values=steps, user_attrs=test_metrics(summary),
+        system_attrs={**result_attrs(summary, path), SYNCED_FROM: number})
     study.add_trial(trial)
     storage = study._storage
     for waiting in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
@@ -125,13 +125,15 @@ def _recorded(trials: list, path: Path, same_trial: Any, state: str) -> bool:
                for t in trials)
 
 
-def _system_attrs(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+def result_attrs(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The trial system attributes a result carries (the worker writes the same before its tell)."""
     attrs = {"sweeplight:stop_reason": summary.get("stop_reason"), SUMMARY_ATTR: str(path),
              "sweeplight:epochs": summary.get("epochs"), "sweeplight:error": (summary.get("error") or "")[:2000]}
     return {k: v for k, v in attrs.items() if v not in (None, "")}
 
 
-def _test_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+def test_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The test metrics, stored as trial user attributes."""
     return dict((summary.get("metrics") or {}).get("test") or {})
 
 

@@ -151,16 +151,12 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, mo
 def _record(spec: Any, study: Any, trial: Any, summary: dict, path: Path, state: Any, value: float | None) -> None:
     """Attributes, then the tell. A trial failed as stale meanwhile (its worker was cut off from the storage for
     two heartbeat intervals) keeps its result: it is added as a new trial linked to this one."""
-    from sweeplight._sync import SUMMARY_ATTR, add
+    from sweeplight._sync import add, result_attrs, test_metrics
 
     storage = study._storage
-    for key, attr_value in (("stop_reason", summary.get("stop_reason")), ("epochs", summary.get("epochs")),
-                            ("error", (summary.get("error") or "")[:2000] or None)):
-        if attr_value is not None:
-            attr = f"sweeplight:{key}"
-            _unless_finished(lambda a=attr, v=attr_value: storage.set_trial_system_attr(trial._trial_id, a, v))
-    _unless_finished(lambda: storage.set_trial_system_attr(trial._trial_id, SUMMARY_ATTR, str(path)))
-    for key, metric in (summary.get("metrics") or {}).get("test", {}).items():
+    for key, attr_value in result_attrs(summary, path).items():
+        _unless_finished(lambda k=key, v=attr_value: storage.set_trial_system_attr(trial._trial_id, k, v))
+    for key, metric in test_metrics(summary).items():
         _unless_finished(lambda k=key, v=metric: storage.set_trial_user_attr(trial._trial_id, k, v))
     if _tell(study, trial, value, state) or state.name not in ("COMPLETE", "PRUNED"):
         return

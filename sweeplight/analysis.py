@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["BestTrial", "StudyResults", "best_trial", "curves_frame", "export", "load_best_model", "load_results",
-           "trials_frame"]
+           "trials_frame", "write_html"]
 
 # Summary fields copied as they are, in this order, after the parameters and metrics.
 _SUMMARY_COLUMNS = ("epochs", "stop_reason", "wall_time_s", "peak_rss_mb", "peak_gpu_mem_mb", "param_count", "seed",
@@ -177,6 +177,18 @@ def export(target: str | Path, out_dir: str | Path, *, fmt: str = "parquet") -> 
     return paths
 
 
+def write_html(figures: list[Any], path: str | Path, title: str) -> Path:
+    """One page holding Plotly figures, plotly.js inlined once: it opens offline, unlike include_plotlyjs="cdn"."""
+    import html
+
+    parts = [figure.to_html(full_html=False, include_plotlyjs=index == 0) for index, figure in enumerate(figures)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'
+    path.write_text(head + "<body>\n" + "\n".join(parts) + "\n</body></html>\n", encoding="utf-8")
+    return path
+
+
 # ----------------------------------------------------------------------------------------------------------- loading
 
 
@@ -263,7 +275,8 @@ def _trial_row(study: StudyResults, t: optuna.trial.FrozenTrial) -> dict[str, An
     row["duration_s"] = ((t.datetime_complete - t.datetime_start).total_seconds()
                          if t.datetime_start and t.datetime_complete else None)
     error = summary.get("error") or attrs.get("sweeplight:error")
-    row["error"] = error.strip().splitlines()[-1][:300] if error else None
+    # The exception line ("ValueError: ..."), which summaries put first; the traceback stays in summary.json.
+    row["error"] = error.strip().splitlines()[0][:300] if error and error.strip() else None
     row["checkpoint"] = (summary.get("checkpoints") or {}).get("best")
     row["summary"] = attrs.get("sweeplight:summary")
     return row
