@@ -3,9 +3,9 @@
 #
 # Prints PASS/FAIL per check and exits non-zero if any check failed.
 # Takes about a minute, most of it waiting for the preemption round trip.
-# There is no accounting (no sacct), so job states come from
-# `scontrol show job` (finished jobs stay visible for MinJobAge = 60 s) and
-# from files the jobs write.
+# Job states come from `scontrol show job` while slurmctld knows the job
+# (MinJobAge = 5 s after it ends), then from `sacct` (slurmdbd), and from
+# files the jobs write.
 set -euo pipefail
 
 SLURM_CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
@@ -44,11 +44,19 @@ submit() { # submit SBATCH-ARGS...: echo the job id, remember it for cleanup
 }
 
 # field JOBID NAME: one field of `scontrol show job` (first array task if an
-# array), or GONE when slurmctld no longer knows the job.
+# array). Once slurmctld has forgotten the job, JobState and ExitCode come
+# from sacct ("CANCELLED by 0" -> CANCELLED); other fields read GONE.
 field() {
     local out
     out=$(scontrol show job -o "$1" 2>/dev/null) || true
-    [ -n "$out" ] || { echo GONE; return; }
+    if [ -z "$out" ]; then
+        case "$2" in
+            JobState) out=$(sacct -X -n -P -j "$1" -o State 2>/dev/null | head -n 1); out=${out%% *} ;;
+            ExitCode) out=$(sacct -X -n -P -j "$1" -o ExitCode 2>/dev/null | head -n 1) ;;
+        esac
+        echo "${out:-GONE}"
+        return
+    fi
     out=$(grep -m 1 "[[:space:]]$2=" <<<"$out" || true)
     sed -n "s/.*[[:space:]]$2=\([^[:space:]]*\).*/\1/p" <<<" $out"
 }
@@ -61,6 +69,19 @@ wait_state() {
         [[ "$st" =~ ^($2)$ ]] && return 0
         [ "$(date +%s)" -lt "$deadline" ] || { echo "timeout: job $1 is $st, wanted $2" >&2; return 1; }
         sleep 0.5
+    done
+}
+
+# sacct_wait JOBID WANT TIMEOUT: poll `sacct -X ... -o State,ExitCode` until
+# it prints WANT (a regex, e.g. 'FAILED\|3:0'); echo the last record. sacct
+# may trail squeue/scontrol by a fraction of a second.
+sacct_wait() {
+    local deadline=$(( $(date +%s) + $3 )) rec
+    while :; do
+        rec=$(sacct -X -n -P -j "$1" -o State,ExitCode 2>/dev/null | head -n 1)
+        [[ "$rec" =~ ^($2)$ ]] && { echo "$rec"; return 0; }
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "${rec:-no record}"; return 1; }
+        sleep 0.2
     done
 }
 
@@ -82,40 +103,96 @@ fi
 for _ in $(seq 60); do [ -z "$(squeue -h -o %i)" ] && break; sleep 0.5; done
 [ -z "$(squeue -h -o %i)" ] || echo "warning: queue not empty: $(squeue -h -o '%i %P %T' | tr '\n' ' ')" >&2
 
+# --------------------------------------------------- rejected at submit --
+# Memory is consumable (CR_Core_Memory): more than the node has can never
+# run, and slurmctld says so at submit time instead of leaving it PENDING.
+t=$(now)
+if out=$(sbatch --parsable -D "$WORK" --mem=999999 --wrap true 2>&1); then
+    echo "${out%%;*}" >> "$IDS"
+    report FAIL "sbatch --mem=999999 rejected" "$t" "accepted as job $out"
+else
+    report PASS "sbatch --mem=999999 rejected" "$t" "$(tail -n 1 <<<"$out")"
+fi
+t=$(now)
+if out=$(sbatch --parsable -D "$WORK" -p nope --wrap true 2>&1); then
+    echo "${out%%;*}" >> "$IDS"
+    report FAIL "sbatch -p nope rejected" "$t" "accepted as job $out"
+else
+    report PASS "sbatch -p nope rejected" "$t" "$(tail -n 1 <<<"$out")"
+fi
+
 # ----------------------------------------------------------- plain --wrap --
 t=$(now)
-detail=""
-if id=$(submit -o plain-%j.out --wrap 'echo "hello from $SLURM_JOB_ID on $(hostname -s)"') \
-   && wait_state "$id" COMPLETED 60 \
-   && grep -q "hello from $id" "$WORK/plain-$id.out" \
-   && [ "$(field "$id" ExitCode)" = "0:0" ]; then
-    report PASS "sbatch --wrap completes" "$t" "job $id: $(cat "$WORK/plain-$id.out")"
+plain=""
+if plain=$(submit -o plain-%j.out --wrap 'echo "hello from $SLURM_JOB_ID on $(hostname -s)"') \
+   && wait_state "$plain" COMPLETED 60 \
+   && grep -q "hello from $plain" "$WORK/plain-$plain.out" \
+   && [ "$(field "$plain" ExitCode)" = "0:0" ]; then
+    report PASS "sbatch --wrap completes" "$t" "job $plain: $(cat "$WORK/plain-$plain.out")"
 else
-    report FAIL "sbatch --wrap completes" "$t" "job ${id:-?} state=$(field "${id:-0}" JobState)"
+    report FAIL "sbatch --wrap completes" "$t" "job ${plain:-?} state=$(field "${plain:-0}" JobState)"
+fi
+
+# ------------------------------------------------------------- accounting --
+# submitit asks sacct about jobs that end without a result file; it must
+# know finished, failed and cancelled jobs right after they end.
+t=$(now)
+cluster=$(scontrol show config 2>/dev/null | awk '$1 == "ClusterName" {print $3}')
+if [ -n "$cluster" ] && sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx "$cluster"; then
+    report PASS "cluster registered in slurmdbd" "$t" "sacctmgr list cluster: $cluster"
+else
+    report FAIL "cluster registered in slurmdbd" "$t" "'${cluster:-?}' not in: $(sacctmgr -n -P list cluster format=cluster 2>&1 | tr '\n' ' ')"
+fi
+t=$(now)
+if [ -n "$plain" ] && rec=$(sacct_wait "$plain" 'COMPLETED\|0:0' 10); then
+    report PASS "sacct: completed job" "$t" "job $plain: State|ExitCode=$rec"
+else
+    report FAIL "sacct: completed job" "$t" "job ${plain:-?}: ${rec:-no job}"
+fi
+t=$(now)
+rec=""
+if id=$(submit -o /dev/null --wrap 'exit 3') && wait_state "$id" 'FAILED|GONE' 60 \
+   && rec=$(sacct_wait "$id" 'FAILED\|3:0' 10); then
+    report PASS "sacct: failed job (exit 3)" "$t" "job $id: State|ExitCode=$rec"
+else
+    report FAIL "sacct: failed job (exit 3)" "$t" "job ${id:-?}: ${rec:-state $(field "${id:-0}" JobState)}"
+fi
+t=$(now)
+rec=""
+if id=$(submit -o /dev/null --wrap 'sleep 600') && wait_state "$id" RUNNING 60; then
+    scancel "$id" || true
+    if rec=$(sacct_wait "$id" 'CANCELLED by [0-9]+\|0:[0-9]+' 15); then
+        report PASS "sacct: cancelled job" "$t" "job $id: State|ExitCode=$rec"
+    else
+        report FAIL "sacct: cancelled job" "$t" "job $id: $rec"
+    fi
+else
+    report FAIL "sacct: cancelled job" "$t" "job ${id:-?} never ran"
 fi
 
 # ------------------------------------------------------------- job array --
 # Each task records start/end times; the %2 throttle must keep at most two
-# running at once.
+# running at once, and (1 CPU + DefMemPerCPU each, batch_sched_delay=0)
+# two must run side by side.
 t=$(now)
-if id=$(submit --array=0-2%2 -c 1 -o arr-%A_%a.out \
-        --wrap 'echo "$(date +%s.%N) start $SLURM_ARRAY_TASK_ID"; sleep 4; echo "$(date +%s.%N) end $SLURM_ARRAY_TASK_ID"'); then
+if id=$(submit --array=0-3%2 -c 1 -o arr-%A_%a.out \
+        --wrap 'echo "$(date +%s.%N) start $SLURM_ARRAY_TASK_ID"; sleep 3; echo "$(date +%s.%N) end $SLURM_ARRAY_TASK_ID"'); then
     throttle=$(field "$id" ArrayTaskThrottle)
     ok=1
-    for task in 0 1 2; do
+    for task in 0 1 2 3; do
         wait_state "${id}_$task" COMPLETED 90 || ok=0
     done
     n_out=$(grep -l end "$WORK"/arr-"$id"_*.out 2>/dev/null | wc -l || true)
     # Max number of overlapping [start, end] intervals.
     maxpar=$(cat "$WORK"/arr-"$id"_*.out 2>/dev/null | sort -n |
              awk '$2 == "start" {n++; if (n > m) m = n} $2 == "end" {n--} END {print m + 0}' || true)
-    if [ "$ok" = 1 ] && [ "$n_out" = 3 ] && [ "${maxpar:-0}" -le 2 ] && [ "$throttle" = 2 ]; then
-        report PASS "array 0-2%2 (3 tasks, throttle 2)" "$t" "job $id: 3/3 completed, max concurrent=$maxpar"
+    if [ "$ok" = 1 ] && [ "$n_out" = 4 ] && [ "${maxpar:-0}" = 2 ] && [ "$throttle" = 2 ]; then
+        report PASS "array 0-3%2 (4 tasks, throttle 2)" "$t" "job $id: 4/4 completed, max concurrent=$maxpar"
     else
-        report FAIL "array 0-2%2 (3 tasks, throttle 2)" "$t" "job $id: outputs=$n_out max concurrent=$maxpar throttle=$throttle"
+        report FAIL "array 0-3%2 (4 tasks, throttle 2)" "$t" "job $id: outputs=$n_out max concurrent=$maxpar throttle=$throttle"
     fi
 else
-    report FAIL "array 0-2%2 (3 tasks, throttle 2)" "$t" "sbatch failed"
+    report FAIL "array 0-3%2 (4 tasks, throttle 2)" "$t" "sbatch failed"
 fi
 
 # ------------------------------------------------------------- fake GPUs --

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Stop the single-node SLURM cluster started by start-cluster.sh.
 #
-#   stop-cluster.sh          cancel all jobs, stop slurmd and slurmctld
-#   stop-cluster.sh --all    ... and munged too
+#   stop-cluster.sh          cancel all jobs, stop slurmd, slurmctld, slurmdbd
+#   stop-cluster.sh --all    ... and MariaDB and munged too
 #
-# Idempotent: exits 0 when nothing is running.
+# Idempotent: exits 0 when nothing is running. MariaDB (like munged) is
+# left running by default: it holds no SLURM state in memory, and the next
+# start-cluster.sh is faster without restarting it.
 set -euo pipefail
 
 SLURM_CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
 export SLURM_CONF
 RUN_DIR=/run/slurm
 MUNGE_PID=/run/munge/munged.pid
+DB_PID=/run/mysqld/mysqld.pid
 STOP_TIMEOUT=${SLURM_STOP_TIMEOUT:-30}
 
 all=0
 for arg in "$@"; do
     case "$arg" in
         --all) all=1 ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) echo "stop-cluster: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -87,6 +90,10 @@ if [ -n "$(pids_of "$RUN_DIR/slurmctld.pid" slurmctld)" ]; then
     # On SIGTERM slurmctld saves its state, so a later start resumes from it.
     stop_daemon "$RUN_DIR/slurmctld.pid" slurmctld; stopped="$stopped slurmctld"
 fi
+# After slurmctld: on shutdown it hands its last job records to slurmdbd.
+if [ -n "$(pids_of "$RUN_DIR/slurmdbd.pid" slurmdbd)" ]; then
+    stop_daemon "$RUN_DIR/slurmdbd.pid" slurmdbd; stopped="$stopped slurmdbd"
+fi
 
 # A job step whose slurmd went away (e.g. slurmctld was already dead, so
 # nothing could be cancelled) keeps running under its slurmstepd.
@@ -106,6 +113,15 @@ if [ -n "$steps" ]; then
     stopped="$stopped slurmstepd"
 fi
 
+if [ "$all" = 1 ]; then
+    # mysqld is the same binary under its old name (e.g. started by a
+    # service script); the pid file check accepts only the given name.
+    for name in mariadbd mysqld; do
+        if [ -n "$(pids_of "$DB_PID" "$name")" ]; then
+            stop_daemon "$DB_PID" "$name"; stopped="$stopped $name"
+        fi
+    done
+fi
 if [ "$all" = 1 ] && [ -n "$(pids_of "$MUNGE_PID" munged)" ]; then
     stop_daemon "$MUNGE_PID" munged; stopped="$stopped munged"
 fi
@@ -115,6 +131,9 @@ if [ -n "$stopped" ]; then
 else
     echo "slurm cluster not running; nothing to stop"
 fi
-if [ "$all" = 0 ] && [ -n "$(pids_of "$MUNGE_PID" munged)" ]; then
-    log "munged left running (use --all to stop it too)"
+if [ "$all" = 0 ]; then
+    left=""
+    [ -z "$(pids_of "$DB_PID" mariadbd)" ] || left="$left mariadbd"
+    [ -z "$(pids_of "$MUNGE_PID" munged)" ] || left="$left munged"
+    [ -z "$left" ] || log "left running:$left (use --all to stop them too)"
 fi

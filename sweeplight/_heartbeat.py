@@ -4,7 +4,8 @@ Optuna's own heartbeat covers RDB storages inside ``study.optimize`` only. Here 
 ``sweeplight:heartbeat`` timestamp (a trial system attribute, so SQLite, journal files and PostgreSQL all carry it)
 every ``interval`` seconds, and every live worker checks the other running trials on the same beat: a trial whose
 last heartbeat is older than two intervals is failed with stop reason ``stale`` and re-queued (it resumes from its
-``last.ckpt``). A worker that has just come back from a storage outage waits two intervals before judging anyone,
+``last.ckpt``), unless its SLURM job is waiting to run again after a requeue (that job continues the trial
+itself). A worker that has just come back from a storage outage waits two intervals before judging anyone,
 since the other workers could not write their heartbeats either.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 HEARTBEAT = "sweeplight:heartbeat"
+SLURM_JOB = "sweeplight:slurm_job"  # the array task running the trial (see _slurm_jobs)
 STALE_AT = "sweeplight:stale_at"
 _beat_failed = float("-inf")  # monotonic time of this process's last failed heartbeat write
 
@@ -51,10 +53,12 @@ def fail_stale(study: Any, interval: float, *, now: float | None = None) -> list
         return []
     now = time.time() if now is None else now
     storage, stale = study._storage, []
-    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.system_attrs.get(HEARTBEAT)
-        if beat is None or now - beat <= 2 * interval:
-            continue
+    silent = [t for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+              if t.system_attrs.get(HEARTBEAT) is not None and now - t.system_attrs[HEARTBEAT] > 2 * interval]
+    requeued = _requeued_jobs(silent, interval)
+    for t in silent:
+        if t.system_attrs.get(SLURM_JOB) in requeued:
+            continue  # its job was requeued: the next run of that job continues this very trial
         try:  # the reason first: a finished trial's attributes can no longer change
             storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "stale")
             storage.set_trial_system_attr(t._trial_id, STALE_AT, now)
@@ -65,6 +69,15 @@ def fail_stale(study: Any, interval: float, *, now: float | None = None) -> list
     if stale:
         requeue(study)
     return stale
+
+
+def _requeued_jobs(trials: list, interval: float) -> set[str]:
+    beats = {t.system_attrs[SLURM_JOB]: t.system_attrs[HEARTBEAT] for t in trials if t.system_attrs.get(SLURM_JOB)}
+    if not beats:
+        return set()
+    from sweeplight._slurm_jobs import waiting_for_requeue
+
+    return waiting_for_requeue(list(beats), beats, grace=2 * interval + 120)
 
 
 @contextlib.contextmanager

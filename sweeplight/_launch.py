@@ -33,6 +33,7 @@ class LaunchResult:
     status: StudyStatus
     stop_reason: str
     worker_logs: list[Path] = field(default_factory=list)
+    job: dict[str, Any] | None = None  # the submitted SLURM array (id, workers, script, logs)
 
 
 def launch(
@@ -41,8 +42,10 @@ def launch(
     overrides: list[str] | tuple[str, ...] = (),
     workers: int | None = None,
     progress: bool = True,
+    follow: bool = False,
 ) -> LaunchResult:
-    """Create or resume the study and run it to its budget with local worker processes.
+    """Create or resume the study and run it to its budget with local worker processes, or submit it as one SLURM
+    job array and return (``follow`` waits, with a progress bar, until the study's jobs have ended).
 
     >>> result = launch("studies/digits.yaml", overrides=["budget.n_trials=4"])  # doctest: +SKIP
     >>> result.status.best_value  # doctest: +SKIP
@@ -53,6 +56,8 @@ def launch(
     launch_id = uuid.uuid4().hex[:12]
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
     count = workers or spec.executor.workers
+    if spec.executor.kind == "slurm":
+        return _submit(spec, launch_id, deadline, count, follow=follow, progress=progress)
     logs = [directory / "workers" / f"worker-{i}.log" for i in range(count)]
     procs = [_start_worker(directory, i, launch_id, deadline, log) for i, log in enumerate(logs)]
     try:
@@ -94,6 +99,10 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_spec(spec)  # imports the user's classes and checks every name before anything is created
+    if spec.executor.kind == "slurm":
+        from sweeplight._slurm import check_cluster
+
+        check_cluster(spec.executor.slurm)  # a partition that does not exist, too much memory: before any trial
     for warning in storage_warnings(spec.storage):
         print(f"warning: {warning}", file=sys.stderr)
     directory = spec.directory
@@ -115,6 +124,48 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
     if requeued and progress:
         print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
     return optuna_study
+
+
+def _submit(spec: StudySpec, launch_id: str, deadline: float | None, count: int, *, follow: bool,
+            progress: bool) -> LaunchResult:
+    from sweeplight._slurm_jobs import submit
+
+    job = submit(spec, launch_id=launch_id, deadline=deadline, workers=count)
+    if progress:
+        print(f"submitted job array {job['job_id']} ({count} workers); sbatch script {job['script']}; logs "
+              f"{job['logs']}", file=sys.stderr)
+    reason = f"submitted as SLURM job {job['job_id']}"
+    if follow:
+        watch(spec, progress=progress, jobs=True)
+        reason = _final_reason(spec, read_status(spec))
+    return LaunchResult(name=spec.name, directory=spec.directory, status=read_status(spec), stop_reason=reason,
+                        job=job)
+
+
+def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interval: float = 2.0) -> StudyStatus:
+    """Show the progress bar until the budget is met (and, with ``jobs``, the study's SLURM jobs have ended)."""
+    from sweeplight._slurm_jobs import ACTIVE, job_states
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.budget.n_trials, desc=spec.name, unit="trial", dynamic_ncols=True)
+    try:
+        while True:
+            status = None
+            with contextlib.suppress(Exception):  # a storage outage pauses the bar
+                status = read_status(spec)
+                if bar is not None:
+                    _update(bar, status)
+            live = [s for s in job_states(spec.directory) if s.state in ACTIVE] if jobs else []
+            if status is not None and not live and not status.counts.get("RUNNING") and (
+                    jobs or (spec.budget.n_trials is not None and status.finished >= spec.budget.n_trials)):
+                return status
+            time.sleep(interval)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _start_worker(directory: Path, index: int, launch_id: str, deadline: float | None, log: Path) -> subprocess.Popen:

@@ -36,7 +36,7 @@ from sweeplight._trainer_spec import TrainerConfig, parse_trainer
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsgaii")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient")
 _TOP_KEYS = ("name", "root", "storage", "model", "data", "objective", "search_space", "sampler", "pruner", "budget",
-             "trainer", "executor")
+             "trainer", "executor", "slurm")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_VALUES = 100_000  # after YAML aliases are expanded: a "billion laughs" file is refused, not expanded
 _MAX_DEPTH = 50
@@ -104,6 +104,7 @@ class Executor:
     kind: str = "local"
     workers: int = 1
     heartbeat_interval: float = 30.0  # seconds; a running trial silent for 2 intervals is stale
+    slurm: Any = None  # SlurmResources when kind is 'slurm'
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
         pruner=_parse_named(raw.get("pruner", "median"), "pruner", PRUNERS),
         budget=_parse_budget(raw.get("budget")),
         trainer=trainer,
-        executor=_parse_executor(raw.get("executor", "local")),
+        executor=_parse_executor(raw.get("executor", "local"), raw.get("slurm"), trainer),
         base_dir=base_dir,
         raw=raw,
     )
@@ -334,19 +335,34 @@ def _parse_budget(raw: Any) -> Budget:
     return budget
 
 
-def _parse_executor(raw: Any) -> Executor:
+def _parse_executor(raw: Any, slurm: Any, trainer: TrainerConfig) -> Executor:
     if isinstance(raw, str):
         raw = {"kind": raw}
     mapping = as_mapping(raw, "executor")
     check_keys(mapping, ("kind", "workers", "heartbeat_interval"), "executor")
     kind = get_choice(mapping, "kind", "executor", ("local", "slurm"), "local")
+    resources = None
     if kind == "slurm":
-        raise SpecError("executor.kind", "'slurm' is not available in this version yet; use 'local'")
+        from sweeplight._slurm import parse_slurm
+
+        resources = parse_slurm(slurm, _world_size(trainer))
+    elif slurm is not None:
+        as_mapping(slurm, "slurm")  # kept for a later launch with --set executor.kind=slurm; checked then
     return Executor(
         kind=kind,
         workers=get_int(mapping, "workers", "executor", 1, minimum=1),
         heartbeat_interval=float(get_number(mapping, "heartbeat_interval", "executor", 30.0, minimum=1)),
+        slurm=resources,
     )
+
+
+def _world_size(trainer: TrainerConfig) -> int:
+    """DDP processes per trial: devices x num_nodes for a ddp strategy, else 1 (never imports torch)."""
+    devices = trainer.devices
+    count = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else 1
+    nodes = trainer.args.get("num_nodes", 1)
+    nodes = nodes if isinstance(nodes, int) and nodes > 0 else 1
+    return count * nodes if str(trainer.strategy).startswith("ddp") else 1
 
 
 def spec_to_json(spec: StudySpec) -> dict[str, Any]:

@@ -5,11 +5,14 @@ Reads only the storage and the resolved spec; it never imports torch, Lightning 
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeplight._slurm_jobs import SLURM_JOB, job_states, log_path, read_jobs
 from sweeplight._spec import StudySpec, load_spec
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -25,6 +28,8 @@ class RunningTrial:
     last_epoch: int | None
     last_value: float | None
     heartbeat_age_s: float | None
+    slurm_job: str | None = None  # the array task running it
+    log: str | None = None  # that task's log file
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class StudyStatus:
     running: list[RunningTrial] = field(default_factory=list)
     stopped_message: str = ""
     failures_this_launch: int = 0
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # the study's SLURM array tasks: key, state, ...
 
     @property
     def finished(self) -> int:
@@ -92,12 +98,14 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         attrs = t.system_attrs
         last = t.last_step
         beat = attrs.get("sweeplight:heartbeat")
-        running.append(RunningTrial(
+        job = attrs.get(SLURM_JOB)
+        running.append(RunningTrial(slurm_job=job, log=str(log_path(spec.directory, job)) if job else None,
             number=t.number, worker=attrs.get("sweeplight:worker"), host=attrs.get("sweeplight:host"),
             pid=attrs.get("sweeplight:pid"), started=t.datetime_start.timestamp() if t.datetime_start else None,
             last_epoch=last, last_value=t.intermediate_values.get(last) if last is not None else None,
             heartbeat_age_s=round(now - beat, 1) if beat else None))
     failures = failed_in_launch(trials, launch_id)
+    jobs = [dataclasses.asdict(j) for j in job_states(spec.directory)] if read_jobs(spec.directory) else []
     stopped = study._storage.get_study_system_attrs(study._study_id).get("sweeplight:stopped") or ""
     return StudyStatus(
         name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,
@@ -105,7 +113,7 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         best_number=best.number if best else None, best_value=best.value if best else None,
         best_params=dict(best.params) if best else {}, running=running,
         best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {},
-        stopped_message=stopped, failures_this_launch=failures)
+        stopped_message=stopped, failures_this_launch=failures, jobs=jobs)
 
 
 def format_status(status: StudyStatus) -> str:
@@ -124,13 +132,28 @@ def format_status(status: StudyStatus) -> str:
         lines.append("best: none yet (no complete trial)")
     if status.stopped_message:
         lines.append(f"stopped: {status.stopped_message}")
+    if status.jobs:
+        states: dict[str, int] = {}
+        for job in status.jobs:
+            states[job["state"]] = states.get(job["state"], 0) + _count(job["key"])
+        ids = sorted({job["key"].split("_")[0] for job in status.jobs}, key=int)
+        lines.append(f"slurm jobs {', '.join(ids)}: " + ", ".join(f"{n} {state.lower()}" for state, n in
+                                                                   sorted(states.items())))
     for r in status.running:
         where = f"worker {r.worker} on {r.host} pid {r.pid}" if r.host else "worker ?"
+        if r.slurm_job:
+            where = f"job {r.slurm_job} on {r.host}  log {r.log}"
         epoch = f"epoch {r.last_epoch} {status.metric}={_fmt(r.last_value)}" if r.last_epoch is not None else \
             "no epoch yet"
         beat = f"heartbeat {r.heartbeat_age_s:.0f} s ago" if r.heartbeat_age_s is not None else ""
         lines.append(f"running: trial {r.number}  {where}  {epoch}  {beat}".rstrip())
     return "\n".join(lines)
+
+
+def _count(key: str) -> int:
+    """Array tasks a squeue key stands for: '123_4' is one, '123_[5-7%2]' three."""
+    match = re.search(r"\[(\d+)-(\d+)", key)
+    return int(match.group(2)) - int(match.group(1)) + 1 if match else 1
 
 
 def _fmt(value: Any) -> str:

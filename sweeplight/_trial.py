@@ -89,8 +89,9 @@ def run_trial(
         if resume is not None:
             monitor.history = [dict(h) for h in resume.history]
             if trial is not None:
+                known = trial.storage.get_trial(trial._trial_id).intermediate_values  # the same trial resumed
                 for entry in resume.history:  # the pruner sees the whole curve, not just the resumed part
-                    if entry.get(spec.objective.metric) is not None:
+                    if entry.get(spec.objective.metric) is not None and entry["epoch"] not in known:
                         trial.report(entry[spec.objective.metric], step=entry["epoch"])
         callbacks, early_stopping, checkpoint = _callbacks(pl, config, monitor, trial_dir, spec)
         logger = pl.loggers.TensorBoardLogger(save_dir=str(trial_dir.parent), name="", version=trial_dir.name,
@@ -100,7 +101,7 @@ def run_trial(
                 max_epochs=config.max_epochs, min_epochs=config.min_epochs, precision=config.precision,
                 accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
                 callbacks=callbacks, logger=logger, default_root_dir=str(trial_dir),
-                enable_progress_bar=config.enable_progress_bar, **config.args)
+                enable_progress_bar=config.enable_progress_bar, **_with_cluster(pl, config.args, spec))
         except Exception as exc:
             raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
         if config.lr_find and resume is None:
@@ -185,6 +186,21 @@ def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, sp
             swa_lrs=swa["lrs"], swa_epoch_start=swa["epoch_start"], annealing_epochs=swa["annealing_epochs"],
             annealing_strategy=swa["annealing_strategy"]))
     return callbacks, early_stopping, checkpoint
+
+
+def _with_cluster(pl: Any, args: dict[str, Any], spec: StudySpec) -> dict[str, Any]:
+    """Trainer arguments plus the cluster environment. Inside a SLURM job Lightning would pick
+    ``SLURMEnvironment(auto_requeue=True)`` and requeue on SIGUSR1 itself; the worker owns signals, so a SLURM
+    worker gets ``auto_requeue=False`` and local workers inside an allocation get the plain environment (their DDP
+    ranks are processes the worker starts, not SLURM tasks)."""
+    environments = pl.plugins.environments
+    if not environments.SLURMEnvironment.detect():
+        return args
+    from sweeplight._slurm_worker import slurm_worker
+
+    env = environments.SLURMEnvironment(auto_requeue=False) if slurm_worker() else environments.LightningEnvironment()
+    plugins = args.get("plugins") or []
+    return {**args, "plugins": [*(plugins if isinstance(plugins, list) else [plugins]), env]}
 
 
 def _lr_find(pl: Any, trainer: Any, model: Any, datamodule: Any, config: TrainerConfig, spec: StudySpec,

@@ -9,22 +9,25 @@ epoch in progress is lost.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from sweeplight._callbacks import HISTORY_FILE
 
 RETRY_OF = "sweeplight:retry_of"
+RESTARTS = "sweeplight:restarts"
 
 
-def requeue(study: Any) -> list[int]:
+def requeue(study: Any, trials: list | None = None) -> list[int]:
     """Enqueue each interrupted or stale trial once; returns the numbers re-queued.
 
     Call it under the study's ask lock: "already re-queued" is read from the trials that name it in ``retry_of``.
     """
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     from sweeplight._sync import SYNCED_FROM
 
     # Already re-run, or its result was recovered from its summary.
@@ -36,7 +39,7 @@ def requeue(study: Any) -> list[int]:
         if t.system_attrs.get("sweeplight:stop_reason") not in ("interrupted", "stale"):
             continue
         study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number,
-                                                  "sweeplight:restarts": t.user_attrs.get("sweeplight:restarts", 0)
+                                                  RESTARTS: t.user_attrs.get(RESTARTS, 0)
                                                   + 1}, skip_if_exists=False)
         done.append(t.number)
     return done
@@ -44,12 +47,44 @@ def requeue(study: Any) -> list[int]:
 
 def resume_for(spec: Any, trial: Any) -> Any:
     """A ``Resume`` when ``trial`` replaces an interrupted trial that left a checkpoint, else None."""
-    from sweeplight._trial import Resume
-
     old = trial.user_attrs.get(RETRY_OF)
     if old is None:
         return None
-    old_dir = spec.directory / "trials" / str(old)
+    return _resume(spec, old, int(trial.user_attrs.get(RESTARTS, 1)))
+
+
+def continue_own(spec: Any, study: Any, job: str | None) -> list[tuple[Any, Any]]:
+    """The trials a requeued SLURM job left RUNNING, as (trial, Resume or None) to continue in place.
+
+    SLURM runs one instance of a job at a time, so a RUNNING trial stamped with this job's id belongs to a
+    previous run of this very job (requeued after a preemption or a time-limit signal, or after a node failure).
+    It continues as the same Optuna trial: same number, its intermediate values and pruning history kept.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweeplight._heartbeat import HEARTBEAT
+    from sweeplight._slurm_jobs import SLURM_JOB
+
+    if not job:
+        return []
+    own = []
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.system_attrs.get(SLURM_JOB) != job:
+            continue
+        restarts = int(t.user_attrs.get(RESTARTS, 0)) + 1
+        storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
+        storage.set_trial_system_attr(t._trial_id, "sweeplight:pid", os.getpid())
+        storage.set_trial_user_attr(t._trial_id, RESTARTS, restarts)
+        own.append((optuna.trial.Trial(study, t._trial_id), _resume(spec, t.number, restarts)))
+    return own
+
+
+def _resume(spec: Any, number: int, restarts: int) -> Any:
+    from sweeplight._trial import Resume
+
+    old_dir = spec.directory / "trials" / str(number)
     checkpoint = old_dir / "checkpoints" / "last.ckpt"
     if not checkpoint.is_file():
         return None  # interrupted before its first epoch: start from scratch
@@ -60,8 +95,7 @@ def resume_for(spec: Any, trial: Any) -> Any:
             old_history = json.loads((old_dir / name).read_text()).get("history") or []
             break
     history = [h for h in old_history if h["epoch"] <= epoch]
-    return Resume(from_trial=old, checkpoint=checkpoint, history=history,
-                  restarts=int(trial.user_attrs.get("sweeplight:restarts", 1)),
+    return Resume(from_trial=number, checkpoint=checkpoint, history=history, restarts=restarts,
                   epochs_lost=len(old_history) - len(history))
 
 

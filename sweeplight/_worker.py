@@ -1,6 +1,6 @@
 """A worker: pull trials from the shared study until the budget is met.
 
-The study is the queue: any number of workers (local processes now, SLURM jobs later) run this loop against the
+The study is the queue: any number of workers (local processes or SLURM array tasks) run this loop against the
 same storage. A file lock around "check the budget, then ask" keeps the number of trials exact; a heartbeat on the
 running trial lets any worker fail (and re-queue) the trial of a worker that died without warning.
 
@@ -22,11 +22,13 @@ from typing import Any
 from sweeplight._errors import SweeplightError
 from sweeplight._heartbeat import HEARTBEAT, ask_lock, beating, fail_stale
 from sweeplight._retrying import is_transient
+from sweeplight._slurm_jobs import SLURM_JOB, task_key
 from sweeplight._spec import spec_from_dir
 from sweeplight._status import failed_in_launch
 from sweeplight._storage import mask_url
-from sweeplight._trial_resume import resume_for
+from sweeplight._trial_resume import continue_own, requeue, resume_for
 
+REQUEUED_AT = "sweeplight:requeued_at"  # trial system attr: when its SLURM job was last requeued
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 # Seconds a worker waits out a storage outage before it gives up (its result stays in summary.json for `study sync`).
 STORAGE_MAX_WAIT = float(os.environ.get("SWEEPLIGHT_STORAGE_WAIT", "300"))
@@ -52,13 +54,17 @@ class LightningRunner:
 
     def __call__(self, spec: Any, trial: Any, params: dict, directory: Path, resume: Any) -> Any:
         from sweeplight._ddp import ddp_ranks, world_size
+        from sweeplight._slurm_worker import publish, world
         from sweeplight._trainer_spec import trainer_for_trial
         from sweeplight._trial import run_trial
 
-        size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
         payload = {"number": trial.number, "params": params,
                    "resume": None if resume is None else {"from_trial": resume.from_trial,
                                                           "checkpoint": str(resume.checkpoint)}}
+        size = world_size(trainer_for_trial(spec.raw.get("trainer"), spec.objective, params))
+        if world() > 1:  # a SLURM job of one task per rank: the other ranks read the trial from a file
+            publish(spec.directory, payload)
+            size = 1
         with ddp_ranks(size, directory, payload) as ranks:
             outcome = run_trial(spec, self.components, number=trial.number, params=params, trial=trial,
                                 trial_dir=directory, resume=resume)
@@ -81,36 +87,52 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
                        max_wait=STORAGE_MAX_WAIT)
     monitor = load_study(spec)  # heartbeats: its own storage, which fails fast instead of waiting
-    print(f"worker {worker} (pid {os.getpid()}) on study {spec.name!r}", flush=True)
+    job = task_key()
+    print(f"worker {worker} (pid {os.getpid()}{f', SLURM job {job}' if job else ''}) on study {spec.name!r}",
+          flush=True)
+    for trial, resume in continue_own(spec, study, job):  # this job was requeued: finish its trial first
+        code = _run_one(spec, runner, study, trial, sample(spec.search_space, trial), monitor, resume=resume)
+        if code is not None:
+            return code
     while True:
         with ask_lock(study_dir):
             reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline)
-            if reason is not None:
+            lingering = reason is not None and reason.startswith("budget.n_trials") and _others_running(study)
+            if reason is not None and not lingering:
                 print(f"worker {worker}: stopping ({reason})", flush=True)
                 return EXIT_CONFIG if reason.startswith("config error") else 0
-            trial = study.ask()
-            params = sample(spec.search_space, trial)
-            for key, value in {"launch": launch_id, "worker": worker, "pid": os.getpid(),
-                               "host": os.uname().nodename, HEARTBEAT: time.time()}.items():
-                study._storage.set_trial_system_attr(trial._trial_id, key if key == HEARTBEAT else
-                                                     f"sweeplight:{key}", value)
+            if not lingering:
+                trial = study.ask()
+                params = sample(spec.search_space, trial)
+                stamp = {"sweeplight:launch": launch_id, "sweeplight:worker": worker, "sweeplight:pid": os.getpid(),
+                         "sweeplight:host": os.uname().nodename, HEARTBEAT: time.time()}
+                if job:
+                    stamp[SLURM_JOB] = job
+                for key, value in stamp.items():
+                    study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
+            time.sleep(min(5.0, spec.executor.heartbeat_interval))
+            continue
         code = _run_one(spec, runner, study, trial, params, monitor)
         if code is not None:
             return code
 
 
-def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, monitor: Any) -> int | None:
+def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, monitor: Any, *,
+             resume: Any = None) -> int | None:
     from optuna.trial import TrialState
 
+    from sweeplight._slurm_worker import requeued
     from sweeplight._summary import write_json_atomic
     from sweeplight._trial import Interrupted, TrialOutcome
 
     directory = trial_dir(spec.directory, trial.number)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
-    resume = resume_for(spec, trial)
+    resume = resume or resume_for(spec, trial)
     if resume is not None:
-        print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint}", flush=True)
+        print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint} (restart "
+              f"{resume.restarts}, {resume.epochs_lost} validated epochs lost)", flush=True)
     with beating(monitor, trial._trial_id, spec.executor.heartbeat_interval, spec.directory):
         try:
             outcome = runner(spec, trial, params, directory, resume)
@@ -119,6 +141,11 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, mo
                 "schema_version": 1, "study": spec.name, "trial": trial.number, "state": "FAIL",
                 "params": params, "stop_reason": "interrupted", "error": "worker interrupted (SIGTERM/SIGINT)"})
     interrupted = outcome.interrupted
+    if interrupted and requeued():  # the same trial goes on in the requeued job: leave it RUNNING
+        _unless_finished(lambda: study._storage.set_trial_system_attr(trial._trial_id, REQUEUED_AT, time.time()))
+        print(f"trial {trial.number}: left running for the requeued job (epochs so far in "
+              f"{directory / 'history.json'})", flush=True)
+        return EXIT_INTERRUPTED
     summary = outcome.summary
     path = directory / "summary.json"
     write_json_atomic(path, summary)  # durable before the study is told
@@ -185,6 +212,7 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
         return "budget.timeout reached"
     fail_stale(study, spec.executor.heartbeat_interval)
     trials = study.get_trials(deepcopy=False)
+    requeue(study, trials)  # a SLURM worker stopped for good (cancel, time limit) left an interrupted trial
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     failed = failed_in_launch(trials, launch_id)
@@ -194,6 +222,14 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     if n_trials is not None and finished + running >= n_trials:
         return f"budget.n_trials reached ({finished} finished, {running} running)"
     return None
+
+
+def _others_running(study: Any) -> bool:
+    """Trials running in other workers (with a heartbeat, so a silent one is failed as stale in time)."""
+    from optuna.trial import TrialState
+
+    return any(HEARTBEAT in t.system_attrs for t in study._storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def budget_trials(spec: Any) -> int | None:
@@ -235,13 +271,13 @@ def _unless_finished(call: Any) -> Any:
         return None
 
 
-def follower(directory: Path) -> int:
+def follower(directory: Path, payload: dict | None = None) -> int:
     """DDP rank > 0: train the same parameters as rank 0; never talks to the study."""
     from sweeplight._check import resolve_components
     from sweeplight._trial import run_trial
 
     spec = spec_from_dir(directory.parent.parent)
-    payload = json.loads((directory / "ddp.json").read_text())
+    payload = payload or json.loads((directory / "ddp.json").read_text())
     resume = None
     if payload.get("resume"):
         from sweeplight._trial import Resume
@@ -249,7 +285,8 @@ def follower(directory: Path) -> int:
         resume = Resume(from_trial=payload["resume"]["from_trial"], checkpoint=Path(payload["resume"]["checkpoint"]),
                         history=[])
     outcome = run_trial(spec, resolve_components(spec), number=payload["number"], params=payload["params"],
-                        trial=None, trial_dir=directory, rank=int(os.environ.get("LOCAL_RANK", "1")), resume=resume)
+                        trial=None, trial_dir=directory, resume=resume,
+                        rank=int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_PROCID") or 1))
     return 0 if outcome.state != "FAIL" else 1
 
 

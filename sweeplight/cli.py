@@ -33,12 +33,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(launch)
     launch.add_argument("--workers", type=int, default=None, help="override executor.workers")
     launch.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
+    launch.add_argument("--follow", action="store_true",
+                        help="executor.kind slurm: after submitting, show the progress bar until the study's jobs end "
+                             "(launch otherwise returns at once)")
 
     status = verbs.add_parser("status", help="trials by state, the best trial, and what is running",
                               description="Show a study's trials by state, its best trial and its running trials.",
                               epilog=EPILOG)
     status.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument("--watch", action="store_true",
+                        help="show a progress bar until the study ends (its budget is met, its SLURM jobs have ended), "
+                             "then the status")
+
+    work = verbs.add_parser(
+        "work", help="run one worker: pull trials from the study until its budget is met",
+        description="The worker entry point, for your own batch scripts: creates or resumes the study like launch, "
+                    "then runs trials in this process until the budget is met. Inside a SLURM job it stamps its "
+                    "trials with the job id, requeues the job on SIGUSR2/SIGTERM (sbatch --signal=USR2@120 "
+                    "--requeue) and continues the same trial in the requeued run. Start any number of them, e.g. "
+                    "#SBATCH --array=0-7 with srun sweeplight study work studies/digits.yaml", epilog=EPILOG)
+    work.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    _add_set(work)
+    work.add_argument("--worker", type=int, default=None,
+                      help="worker index in logs and trial attributes (default: $SLURM_ARRAY_TASK_ID or 0)")
+
+    cancel = verbs.add_parser(
+        "cancel", help="cancel the study's SLURM jobs; their running trials are re-run by the next launch",
+        description="scancel every SLURM job the study's launches submitted. Workers stop without requeueing; "
+                    "their running trials end as 'interrupted' and the next launch re-runs them from their last "
+                    "checkpoints. Example: sweeplight study cancel runs/digits", epilog=EPILOG)
+    cancel.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
 
     validate = verbs.add_parser(
         "validate", help="check a study file without creating anything",
@@ -158,15 +183,26 @@ def _run(args: argparse.Namespace) -> int:
             from sweeplight._errors import SpecError
 
             raise SpecError("--workers", f"must be >= 1, got {args.workers}")
-        result = launch(args.study, overrides=args.overrides, workers=args.workers, progress=not args.no_progress)
+        result = launch(args.study, overrides=args.overrides, workers=args.workers, progress=not args.no_progress,
+                        follow=args.follow)
         from sweeplight._status import format_status
 
         print(format_status(result.status))
+        if result.job is not None and not args.follow:
+            print(f"submitted: SLURM job array {result.job['job_id']} with {result.job['workers']} workers; follow "
+                  f"it with: sweeplight study status {result.directory} --watch")
+            return 0
         print(f"done: {result.stop_reason}; results in {result.directory}")
         return 0
     if args.verb == "status":
-        from sweeplight._status import format_status, read_status
+        from sweeplight._status import format_status, read_status, resolve
 
+        if args.watch:
+            from sweeplight._launch import watch
+            from sweeplight._slurm_jobs import read_jobs
+
+            spec = resolve(args.study)
+            watch(spec, jobs=bool(read_jobs(spec.directory)))
         status = read_status(args.study)
         if args.json:
             import dataclasses
@@ -182,12 +218,28 @@ def _run(args: argparse.Namespace) -> int:
 
         spec = load_spec(args.study, args.overrides)
         components = check_spec(spec)
+        if spec.executor.kind == "slurm":
+            from sweeplight._slurm import check_cluster
+
+            check_cluster(spec.executor.slurm)
         print(f"ok: study {spec.name!r}, {len(spec.search_space)} parameters, model "
               f"{components.model_cls.__name__}, data {components.data_cls.__name__}, storage "
               f"{_masked(spec.storage)}")
         return 0
     if args.verb == "sync":
         return _sync(args)
+    if args.verb == "work":
+        return _work(args)
+    if args.verb == "cancel":
+        from sweeplight._slurm_jobs import cancel
+        from sweeplight._status import resolve
+        from sweeplight._storage import load_study
+
+        spec = resolve(args.study)
+        jobs, trials = cancel(load_study(spec), spec.directory)
+        print(f"cancelled: jobs {', '.join(jobs) or '(none in the queue)'}; running trials marked for re-run: "
+              f"{trials or 'none'}; the next `sweeplight study launch` resumes them from their checkpoints")
+        return 0
     if args.verb == "best":
         return _best(args)
     if args.verb == "export":
@@ -215,6 +267,39 @@ def _run(args: argparse.Namespace) -> int:
             print(format_report(report))
         return 0
     raise AssertionError(args.verb)
+
+
+def _work(args: argparse.Namespace) -> int:
+    import os
+    import uuid
+    from pathlib import Path
+
+    from sweeplight._slurm_jobs import task_key
+    from sweeplight._slurm_worker import SlurmWorker
+    from sweeplight._spec import load_spec
+    from sweeplight._status import resolve
+    from sweeplight._worker import main as worker_main
+
+    spec = load_spec(args.study, args.overrides) if args.overrides else resolve(args.study)
+    if not Path(args.study).is_dir() or args.overrides:
+        _prepare_once(spec)
+    index = args.worker if args.worker is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    launch_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or uuid.uuid4().hex[:12]
+    if task_key():  # a batch job: the same worker launch submits, owning the time-limit and preemption signals
+        return SlurmWorker(str(spec.directory), launch_id, None)(index)
+    return worker_main(["work", str(spec.directory), "--launch-id", launch_id, "--worker", str(index)])
+
+
+def _prepare_once(spec: object) -> None:
+    """Create or resume the study; workers of one array starting together take turns."""
+    import fcntl
+
+    from sweeplight._launch import prepare
+
+    spec.root.mkdir(parents=True, exist_ok=True)
+    with open(spec.root / f".{spec.name}.prepare.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        prepare(spec, progress=False)
 
 
 def _best(args: argparse.Namespace) -> int:

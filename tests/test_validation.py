@@ -137,6 +137,17 @@ class Case:
     secret: str | None = None  # must appear nowhere in the output
 
 
+def puts(*pairs: tuple[str, Any]) -> Change:
+    """Several fields at once."""
+    changes = [put(path, value) for path, value in pairs]
+
+    def change(study: dict[str, Any], directory: Path) -> None:
+        for one in changes:
+            one(study, directory)
+
+    return change
+
+
 def case(id: str, field: str, expected: str | tuple[str, ...], change: Change, **kwargs: Any) -> Case:
     return Case(id, field, (expected,) if isinstance(expected, str) else expected, change, **kwargs)
 
@@ -183,8 +194,17 @@ CASES = [
     case("budget_without_end", "budget", "give n_trials or timeout", put("budget", {"max_failures": 3})),
     case("timeout_words", "budget.timeout", ("got '2 hours'", "'30m', '2h', '1h30m'"),
          put("budget", {"timeout": "2 hours"})),
-    case("executor_slurm", "executor.kind", "'slurm' is not available in this version yet; use 'local'",
-         put("executor", "slurm")),
+    case("slurm_unknown_key", "slurm.mem", ("did you mean 'mem_gb'?", "allowed keys here: partition"),
+         puts(("executor", "slurm"), ("slurm", {"mem": 4}))),
+    case("slurm_timeout_text", "slurm.timeout_min", "expected an integer, got string '1h'",
+         puts(("executor", "slurm"), ("slurm", {"timeout_min": "1h"}))),
+    case("slurm_tasks_mismatch", "slurm.tasks_per_node", ("1 x 3 = 3 processes", "trains on 2"),
+         puts(("executor", "slurm"), ("slurm", {"tasks_per_node": 3}), ("trainer.devices", 2),
+              ("trainer.strategy", "ddp"))),
+    case("slurm_signal_after_limit", "slurm.signal_delay_s", "not shorter than the time limit (timeout_min=1)",
+         puts(("executor", "slurm"), ("slurm", {"timeout_min": 1, "signal_delay_s": 90}))),
+    case("slurm_setup_mapping", "slurm.setup", "expected a list of shell lines",
+         puts(("executor", "slurm"), ("slurm", {"setup": {"module": "load"}}))),
     case("min_epochs_above_max", "trainer.min_epochs", "(5) must be <= max_epochs (2)", put("trainer.min_epochs", 5)),
     case("swa_without_lrs", "trainer.swa.lrs", "is required", put("trainer.swa", {"epoch_start": 0.7})),
     case("swa_empty_lrs", "trainer.swa.lrs", "is an empty list", put("trainer.swa.lrs", [])),

@@ -23,6 +23,19 @@ class FailingMLP(DigitsMLP):
         return super().training_step(batch, batch_idx)
 
 
+class SlowMLP(DigitsMLP):
+    """Each training epoch takes at least ``epoch_seconds``: time to signal, preempt or kill its worker mid-trial."""
+
+    def __init__(self, epoch_seconds: float = 2.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.epoch_seconds = epoch_seconds
+
+    def on_train_epoch_end(self) -> None:
+        import time
+
+        time.sleep(self.epoch_seconds)
+
+
 class AlwaysFailingMLP(DigitsMLP):
     def training_step(self, batch, batch_idx):
         raise RuntimeError("this model always fails")
@@ -66,4 +79,4 @@ class OldStyleData(old_pl.LightningDataModule):
 
 
 __all__ = ["AlwaysFailingMLP", "DigitsDataModule", "DigitsMLP", "FailingMLP", "OldStyleData", "OldStyleMLP",
-           "TensorDataset"]
+           "SlowMLP", "TensorDataset"]
