@@ -121,7 +121,7 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
     optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
     with ask_lock(directory):
         requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
-    if requeued and progress:
+    if requeued:
         print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
     return optuna_study
 
@@ -136,8 +136,16 @@ def _submit(spec: StudySpec, launch_id: str, deadline: float | None, count: int,
               f"{job['logs']}", file=sys.stderr)
     reason = f"submitted as SLURM job {job['job_id']}"
     if follow:
-        watch(spec, progress=progress, jobs=True)
-        reason = _final_reason(spec, read_status(spec))
+        status = watch(spec, progress=progress, jobs=True)
+        if status.stopped_message:
+            raise TrialConfigError(status.stopped_message)
+        reason = _final_reason(spec, status)
+        if reason.startswith("budget.max_failures"):
+            raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
+                               f"{spec.directory / 'slurm'}")
+        if reason == "workers finished":
+            raise StudyStopped(f"the jobs of study {spec.name!r} ended before its budget was met ({status.finished} "
+                               f"finished); see {job['logs']}; launch again to go on")
     return LaunchResult(name=spec.name, directory=spec.directory, status=read_status(spec), stop_reason=reason,
                         job=job)
 

@@ -49,15 +49,21 @@ def world() -> int:
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    if _state.get("signalled"):
+        # Lightning keeps calling this handler for SIGTERM through its own (composed) handler, and SLURM sends TERM
+        # right after accepting the requeue: the first signal decided, the shutdown it started goes on.
+        return
+    _state["signalled"] = True
     for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)  # the first signal decides; the rest of the shutdown is quiet
+        signal.signal(sig, signal.SIG_IGN)
     name = signal.Signals(signum).name
     if rank() == 0:
         from sweeplight._slurm_jobs import cancelled, requeue_self
 
         _state["requeued"] = not cancelled(Path(_state["study_dir"])) and requeue_self()
         what = "requeued; the trial continues in the next run" if _state["requeued"] else "not requeued"
-        print(f"{name} received at {time.strftime('%H:%M:%S')}: job {what}", flush=True)
+        where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}" if frame else "?"
+        print(f"{name} received at {time.strftime('%H:%M:%S')} (in {where}): job {what}", flush=True)
     from sweeplight._trial import Interrupted
 
     raise Interrupted()
@@ -98,8 +104,8 @@ class SlurmWorker:
         except SweeplightError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             code = exc.exit_code
-        if requeued():
-            sys.exit(EXIT_INTERRUPTED)  # no result file: submitit runs this again in the requeued job
+        if code != 0:  # sacct shows FAILED with the code; after a requeue no result file, so it runs again
+            sys.exit(code)
         return code
 
 

@@ -146,7 +146,7 @@ def run_trial(
         "restarts": 0 if resume is None else resume.restarts,
         "epochs_lost": 0 if resume is None else resume.epochs_lost,
         "error": error,
-        "checkpoints": {"best": _path(checkpoint, "best_model_path"), "last": _path(checkpoint, "last_model_path")},
+        "checkpoints": {"best": _path(checkpoint, "best_model_path"), "last": _last_checkpoint(trial_dir)},
         "lr_find": lr_info,
         "swa": config.swa if config else None,
         "precision": config.precision if config else None,
@@ -174,8 +174,13 @@ def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, sp
     mode = "max" if spec.objective.direction == "maximize" else "min"
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=str(trial_dir / "checkpoints"), filename="best-{epoch:03d}", monitor=spec.objective.metric,
-        mode=mode, save_top_k=config.checkpoint["save_top_k"], save_last=config.checkpoint["save_last"])
+        mode=mode, save_top_k=config.checkpoint["save_top_k"])
     callbacks = [monitor, checkpoint, pl.callbacks.LearningRateMonitor(logging_interval="epoch")]
+    if config.checkpoint["save_last"]:
+        # Every epoch, improved or not: Lightning's save_last=True writes last.ckpt only when a top-k checkpoint
+        # was saved, so after a plateau a preempted trial would go back to its best epoch instead of its last.
+        callbacks.insert(2, pl.callbacks.ModelCheckpoint(
+            dirpath=str(trial_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False))
     early_stopping = None
     if config.early_stopping:
         early_stopping = pl.callbacks.EarlyStopping(**config.early_stopping)
@@ -193,7 +198,7 @@ def _with_cluster(pl: Any, args: dict[str, Any], spec: StudySpec) -> dict[str, A
     ``SLURMEnvironment(auto_requeue=True)`` and requeue on SIGUSR1 itself; the worker owns signals, so a SLURM
     worker gets ``auto_requeue=False`` and local workers inside an allocation get the plain environment (their DDP
     ranks are processes the worker starts, not SLURM tasks)."""
-    environments = pl.plugins.environments
+    environments = importlib.import_module(f"{pl.__name__}.plugins.environments")
     if not environments.SLURMEnvironment.detect():
         return args
     from sweeplight._slurm_worker import slurm_worker
@@ -268,6 +273,11 @@ def _best_metrics(history: list[dict[str, Any]], spec: StudySpec) -> dict[str, A
 
 def _last(history: list[dict[str, Any]]) -> dict[str, Any]:
     return dict(history[-1]) if history else {}
+
+
+def _last_checkpoint(trial_dir: Path) -> str | None:
+    path = trial_dir / "checkpoints" / "last.ckpt"
+    return str(path) if path.is_file() else None
 
 
 def _path(checkpoint: Any, attr: str) -> str | None:

@@ -26,11 +26,12 @@ class FailingMLP(DigitsMLP):
 class SlowMLP(DigitsMLP):
     """Each training epoch takes at least ``epoch_seconds``: time to signal, preempt or kill its worker mid-trial."""
 
-    def __init__(self, epoch_seconds: float = 2.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, epoch_seconds: float = 2.0, lr: float = 1e-3, width: int = 128, optimizer: str = "adam",
+                 momentum: float = 0.9) -> None:
+        super().__init__(lr=lr, width=width, optimizer=optimizer, momentum=momentum)
         self.epoch_seconds = epoch_seconds
 
-    def on_train_epoch_end(self) -> None:
+    def on_train_epoch_start(self) -> None:  # inside the epoch, as real training time is
         import time
 
         time.sleep(self.epoch_seconds)
