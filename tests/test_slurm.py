@@ -117,7 +117,8 @@ def test_job_array_finishes_a_study(slurm_study):
 
 def test_time_limit_requeues_and_resumes_the_same_trial(slurm_study):
     # A 1-minute limit with the warning 30 s before it; 14 epochs of >= 4 s cannot fit in one run.
-    path = slurm_study({**slow_model(4.0), "budget": {"n_trials": 1}, "trainer": {"max_epochs": 14, "early_stopping": False},
+    path = slurm_study({**slow_model(4.0), "budget": {"n_trials": 1},
+                        "trainer": {"max_epochs": 14, "early_stopping": False},
                         "slurm": {"timeout_min": 1, "signal_delay_s": 30}})
     out = run_cli("study", "launch", str(path), "--follow", "--no-progress", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
