@@ -170,6 +170,22 @@ def waiting_for_requeue(keys: list[str], beats: dict[str, float], grace: float) 
     return found
 
 
+def job_state() -> str | None:
+    """This job's state as slurmctld sees it now (RUNNING, COMPLETING, ...); None when it cannot say."""
+    key = task_key()
+    if not key:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", key], capture_output=True, text=True, timeout=20,
+                             start_new_session=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for field in out.stdout.split():
+        if field.startswith("JobState="):
+            return field.removeprefix("JobState=")
+    return None
+
+
 def requeue_self() -> bool:
     """``scontrol requeue`` this job (the array task); True when SLURM accepted it.
 
@@ -222,5 +238,5 @@ def cancel(study: Any, study_dir: Path, *, wait: float = 90) -> tuple[list[str],
     return live, marked
 
 
-__all__ = ["SLURM_JOB", "JobState", "cancel", "cancelled", "job_states", "log_path", "read_jobs", "requeue_self",
-           "submit", "task_key", "waiting_for_requeue"]
+__all__ = ["SLURM_JOB", "JobState", "cancel", "cancelled", "job_state", "job_states", "log_path", "read_jobs",
+           "requeue_self", "submit", "task_key", "waiting_for_requeue"]

@@ -58,9 +58,12 @@ def _on_signal(signum: int, frame: Any) -> None:
         signal.signal(sig, signal.SIG_IGN)
     name = signal.Signals(signum).name
     if rank() == 0:
-        from sweeplight._slurm_jobs import cancelled, requeue_self
+        from sweeplight._slurm_jobs import cancelled, job_state, requeue_self
 
-        _state["requeued"] = not cancelled(Path(_state["study_dir"])) and requeue_self()
+        # TERM comes with preemption (the job is still RUNNING) and with scancel or the hard time limit (the job is
+        # already COMPLETING): only the first is a reason to come back.
+        ending = signum == signal.SIGTERM and job_state() not in (None, "RUNNING")
+        _state["requeued"] = not ending and not cancelled(Path(_state["study_dir"])) and requeue_self()
         what = "requeued; the trial continues in the next run" if _state["requeued"] else "not requeued"
         where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}" if frame else "?"
         print(f"{name} received at {time.strftime('%H:%M:%S')} (in {where}): job {what}", flush=True)
