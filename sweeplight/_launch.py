@@ -167,10 +167,10 @@ def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interva
                 if bar is not None:
                     _update(bar, status)
             live = [s for s in job_states(spec.directory) if s.state in ACTIVE] if jobs else []
-            budget_met = spec.budget.n_trials is None or status is not None and status.finished >= spec.budget.n_trials
-            if status is not None and not live and not status.counts.get("RUNNING") and (
-                    jobs or budget_met or status.stopped_message):
-                return status
+            if status is not None and not live and not status.counts.get("RUNNING"):
+                n_trials = spec.budget.n_trials
+                if jobs or n_trials is None or status.finished >= n_trials or status.stopped_message:
+                    return status
             time.sleep(interval)
     finally:
         if bar is not None:
