@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,25 @@ def test_status_and_cancel_against_real_jobs(slurm_study):
     for t in retries:
         resumed = summary(path, t.number)["resumed_from"]
         assert resumed["trial"] == t.user_attrs["sweeplight:retry_of"] and resumed["epoch"] >= 0
+
+
+def test_study_work_in_a_batch_script_of_your_own(slurm_study, tmp_path):
+    path = slurm_study({"executor": {"kind": "local", "workers": 1}, "budget": {"n_trials": 3}})
+    script = tmp_path / "sweep.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --array=0-1 --time=10 --mem=2G --job-name=sweeplight-tiny --requeue --signal=USR2@60
+#SBATCH --output={tmp_path}/work-%A_%a.out
+cd {REPO}
+srun {sys.executable} -m sweeplight.cli study work {path}
+""")
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    wait_for(lambda: sacct_states(job) if len(sacct_states(job)) == 2 and "RUNNING" not in
+             sacct_states(job).values() and "PENDING" not in sacct_states(job).values() else None, 300, "the array")
+    assert set(sacct_states(job).values()) == {"COMPLETED"}, sacct_states(job)
+    trials = load(path).get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
+    assert {t.system_attrs["sweeplight:slurm_job"].split("_")[0] for t in trials} == {job}  # stamped with its job
+    logs = "".join(p.read_text() for p in tmp_path.glob(f"work-{job}_*.out"))
+    assert logs.count("on study 'tiny'") == 2
