@@ -84,7 +84,7 @@ def launch(
     return LaunchResult(name=spec.name, directory=directory, status=status, stop_reason=reason, worker_logs=logs)
 
 
-def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
+def prepare(spec: StudySpec, *, progress: bool = True, clear_stop: bool = True) -> Any:
     """Everything before the workers start: check, warn, create or resume the study, write ``spec.json``, re-queue
     interrupted and stale trials. Returns the Optuna study."""
     import optuna
@@ -118,7 +118,8 @@ def prepare(spec: StudySpec, *, progress: bool = True) -> Any:
             raise
         raise SpecError("root", f"cannot write {directory}: {exc.strerror}; free space on that file system "
                         "(df -h) or point root at another directory") from None
-    optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
+    if clear_stop:  # a new launch, after the user fixed the config; not each `study work` task starting
+        optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
     with ask_lock(directory):
         requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
     if requeued:
@@ -167,9 +168,11 @@ def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interva
                 if bar is not None:
                     _update(bar, status)
             live = [s for s in job_states(spec.directory) if s.state in ACTIVE] if jobs else []
-            if status is not None and not live and not status.counts.get("RUNNING"):
+            if status is not None and jobs and not live:
+                return status  # trials a dead job left RUNNING are failed as stale and re-run by the next launch
+            if status is not None and not jobs and not status.counts.get("RUNNING"):
                 n_trials = spec.budget.n_trials
-                if jobs or n_trials is None or status.finished >= n_trials or status.stopped_message:
+                if n_trials is None or status.finished >= n_trials or status.stopped_message:
                     return status
             time.sleep(interval)
     finally:

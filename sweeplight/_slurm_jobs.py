@@ -21,7 +21,7 @@ from sweeplight._heartbeat import SLURM_JOB  # trial system attr: the array task
 
 JOBS_FILE = "jobs.json"
 # States in which a job's trial is only waiting for the job to (re)start: it must not be failed as stale.
-WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"}
+WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING", "COMPLETING"}
 ACTIVE = WAITING | {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
@@ -139,7 +139,9 @@ def job_states(study_dir: Path) -> list[JobState]:
     """Every array task of the study's jobs: the queue's view where it has one, accounting's otherwise."""
     ids = [r["job_id"] for r in read_jobs(study_dir)]
     queued = {s.key: s for s in squeue(ids) or []}
-    merged = {s.key: s for s in sacct(ids)}
+    in_queue = {key.split("_")[0] for key in queued}
+    # sacct names a pending throttled array as one record '12_[2-3%1]' where squeue -r lists 12_2 and 12_3
+    merged = {s.key: s for s in sacct(ids) if not ("[" in s.key and s.key.split("_")[0] in in_queue)}
     merged.update(queued)
     return sorted(merged.values(), key=lambda s: _sort_key(s.key))
 
@@ -161,11 +163,12 @@ def waiting_for_requeue(keys: list[str], beats: dict[str, float], grace: float) 
     trial's last heartbeat less than ``grace`` seconds ago (the new run is still starting up)."""
     states = squeue(sorted(set(keys)))
     if states is None:
-        return set()
+        return set(keys)  # squeue cannot say (slurmctld busy): judge no SLURM trial this time
     now, found = time.time(), set()
     for s in states:
         restarted = s.start is not None and s.key in beats and s.start >= beats[s.key] - 2 and now - s.start < grace
-        if s.state in WAITING or (s.state == "RUNNING" and restarted):
+        held = "held" in s.reason.lower() or s.state == "REQUEUE_HOLD"
+        if (s.state in WAITING and not held) or (s.state == "RUNNING" and restarted):
             found.add(s.key)
     return found
 
@@ -213,10 +216,16 @@ def cancelled(study_dir: Path) -> bool:
 def cancel(study: Any, study_dir: Path, *, wait: float = 90) -> tuple[list[str], list[int]]:
     """``scancel`` the study's jobs; their running trials end as 'interrupted', so the next launch re-runs them
     from their checkpoints. Returns (job ids cancelled, trial numbers marked)."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
+    from sweeplight._errors import SweeplightError
+
     ids = [r["job_id"] for r in read_jobs(study_dir)]
-    live = sorted({s.key.split("_")[0] for s in squeue(ids) or [] if s.state in ACTIVE}, key=int)
+    queue = squeue(ids)
+    if queue is None:
+        raise SweeplightError("squeue does not answer; nothing was cancelled or marked; try again")
+    live = sorted({s.key.split("_")[0] for s in queue if s.state in ACTIVE}, key=int)
     marks = slurm_dir(study_dir) / "cancelled"
     marks.mkdir(parents=True, exist_ok=True)
     for job in live:
@@ -231,11 +240,17 @@ def cancel(study: Any, study_dir: Path, *, wait: float = 90) -> tuple[list[str],
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         job = str(t.system_attrs.get(SLURM_JOB) or "")
         if job.split("_")[0] in ids:
-            storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "interrupted")
-            storage.set_trial_system_attr(t._trial_id, "sweeplight:cancelled_at", time.time())
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            try:
+                storage.set_trial_system_attr(t._trial_id, "sweeplight:stop_reason", "interrupted")
+                storage.set_trial_system_attr(t._trial_id, "sweeplight:cancelled_at", time.time())
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # its worker recorded it meanwhile
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.FAIL,)):
+        if str(t.system_attrs.get(SLURM_JOB) or "").split("_")[0] in live and \
+                t.system_attrs.get("sweeplight:stop_reason") == "interrupted":
             marked.append(t.number)
-    return live, marked
+    return live, sorted(marked)
 
 
 __all__ = ["SLURM_JOB", "JobState", "cancel", "cancelled", "job_state", "job_states", "log_path", "read_jobs",

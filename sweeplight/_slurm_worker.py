@@ -76,8 +76,11 @@ def install_signals(study_dir: Path) -> None:
     """Take the signals over (from submitit, and before Lightning composes its own SIGTERM notifier with ours)."""
     os.environ[_MARK] = "slurm"
     _state["study_dir"] = str(study_dir)
+    # DDP ranks > 0 leave it to rank 0: its requeue (or exit) ends the whole job step, while a follower leaving its
+    # collective early could keep rank 0 from ever reaching its own handler.
+    handler = _on_signal if rank() == 0 else signal.SIG_IGN
     for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(sig, _on_signal)
+        signal.signal(sig, handler)
 
 
 class SlurmWorker:

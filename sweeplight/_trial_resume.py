@@ -61,6 +61,7 @@ def continue_own(spec: Any, study: Any, job: str | None) -> list[tuple[Any, Any]
     It continues as the same Optuna trial: same number, its intermediate values and pruning history kept.
     """
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     from sweeplight._heartbeat import HEARTBEAT
@@ -74,9 +75,13 @@ def continue_own(spec: Any, study: Any, job: str | None) -> list[tuple[Any, Any]
         if t.system_attrs.get(SLURM_JOB) != job:
             continue
         restarts = int(t.user_attrs.get(RESTARTS, 0)) + 1
-        storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
-        storage.set_trial_system_attr(t._trial_id, "sweeplight:pid", os.getpid())
-        storage.set_trial_user_attr(t._trial_id, RESTARTS, restarts)
+        try:
+            storage.set_trial_system_attr(t._trial_id, HEARTBEAT, time.time())
+            storage.set_trial_system_attr(t._trial_id, "sweeplight:pid", os.getpid())
+            storage.set_trial_system_attr(t._trial_id, "sweeplight:host", os.uname().nodename)
+            storage.set_trial_user_attr(t._trial_id, RESTARTS, restarts)
+        except UpdateFinishedTrialError:
+            continue  # failed as stale meanwhile: its re-run is queued as a new trial
         own.append((optuna.trial.Trial(study, t._trial_id), _resume(spec, t.number, restarts)))
     return own
 

@@ -10,12 +10,13 @@ running trial lets any worker fail (and re-queue) the trial of a worker that die
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,26 +91,30 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     job = task_key()
     print(f"worker {worker} (pid {os.getpid()}{f', SLURM job {job}' if job else ''}) on study {spec.name!r}",
           flush=True)
-    for trial, resume in continue_own(spec, study, job):  # this job was requeued: finish its trial first
+    with ask_lock(study_dir):  # not failed as stale while it is being taken back
+        own = continue_own(spec, study, job)
+    for trial, resume in own:  # this job was requeued: finish its trial first
         code = _run_one(spec, runner, study, trial, sample(spec.search_space, trial), monitor, resume=resume)
         if code is not None:
             return code
     while True:
         with ask_lock(study_dir):
             reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline)
-            lingering = reason is not None and reason.startswith("budget.n_trials") and _others_running(study)
+            lingering = reason is not None and reason.startswith("budget.n_trials") and _others_running(
+                study, spec.executor.heartbeat_interval)
             if reason is not None and not lingering:
                 print(f"worker {worker}: stopping ({reason})", flush=True)
                 return EXIT_CONFIG if reason.startswith("config error") else 0
             if not lingering:
-                trial = study.ask()
+                with _signals_deferred():  # a trial asked is stamped with its heartbeat before anything else
+                    trial = study.ask()
+                    stamp = {HEARTBEAT: time.time(), "sweeplight:launch": launch_id, "sweeplight:worker": worker,
+                             "sweeplight:pid": os.getpid(), "sweeplight:host": os.uname().nodename}
+                    if job:
+                        stamp[SLURM_JOB] = job
+                    for key, value in stamp.items():
+                        study._storage.set_trial_system_attr(trial._trial_id, key, value)
                 params = sample(spec.search_space, trial)
-                stamp = {"sweeplight:launch": launch_id, "sweeplight:worker": worker, "sweeplight:pid": os.getpid(),
-                         "sweeplight:host": os.uname().nodename, HEARTBEAT: time.time()}
-                if job:
-                    stamp[SLURM_JOB] = job
-                for key, value in stamp.items():
-                    study._storage.set_trial_system_attr(trial._trial_id, key, value)
         if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
             time.sleep(min(5.0, spec.executor.heartbeat_interval))
             continue
@@ -224,11 +229,24 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     return None
 
 
-def _others_running(study: Any) -> bool:
-    """Trials running in other workers (with a heartbeat, so a silent one is failed as stale in time)."""
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT/SIGUSR2 until the block is done; they are delivered right after it."""
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def _others_running(study: Any, interval: float) -> bool:
+    """Trials running in live workers (a fresh heartbeat). Not those of a requeued SLURM job waiting in the queue:
+    its own next run continues them, and lingering workers would hold the array's slots it needs."""
     from optuna.trial import TrialState
 
-    return any(HEARTBEAT in t.system_attrs for t in study._storage.get_all_trials(
+    now = time.time()
+    return any(now - t.system_attrs.get(HEARTBEAT, 0) <= 2 * interval for t in study._storage.get_all_trials(
         study._study_id, deepcopy=False, states=(TrialState.RUNNING,)))
 
 

@@ -299,7 +299,7 @@ def _prepare_once(spec: object) -> None:
     spec.root.mkdir(parents=True, exist_ok=True)
     with open(spec.root / f".{spec.name}.prepare.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        prepare(spec, progress=False)
+        prepare(spec, progress=False, clear_stop=False)
 
 
 def _best(args: argparse.Namespace) -> int:
