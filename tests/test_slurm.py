@@ -150,7 +150,7 @@ def test_preemption_by_a_higher_partition_resumes_the_same_trial(slurm_study):
     study = load(path)
     wait_for(lambda: running_trial(study, 3), 180, "3 epochs of trial 0")
     cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
-    urgent = subprocess.run(["sbatch", "-p", "high", f"-c{cpus}", "--mem=1G", "--wrap", "sleep 3"],
+    urgent = subprocess.run(["sbatch", "-p", "high", f"-c{cpus}", "--mem=1G", "-o", "/dev/null", "--wrap", "sleep 3"],
                             capture_output=True, text=True, timeout=30)
     assert urgent.returncode == 0, urgent.stderr
     done = run_cli("study", "status", str(path.parent / "runs" / "tiny"), "--watch", timeout=600)
