@@ -136,24 +136,25 @@ def _submit(spec: StudySpec, launch_id: str, deadline: float | None, count: int,
         print(f"submitted job array {job['job_id']} ({count} workers); sbatch script {job['script']}; logs "
               f"{job['logs']}", file=sys.stderr)
     reason = f"submitted as SLURM job {job['job_id']}"
-    if follow:
-        status = watch(spec, progress=progress, jobs=True)
-        if status.stopped_message:
-            raise TrialConfigError(status.stopped_message)
-        reason = _final_reason(spec, status)
-        if reason.startswith("budget.max_failures"):
-            raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
-                               f"{spec.directory / 'slurm'}")
-        if reason == "workers finished":
-            raise StudyStopped(f"the jobs of study {spec.name!r} ended before its budget was met ({status.finished} "
-                               f"finished); see {job['logs']}; launch again to go on")
-    return LaunchResult(name=spec.name, directory=spec.directory, status=read_status(spec), stop_reason=reason,
-                        job=job)
+    if not follow:
+        return LaunchResult(name=spec.name, directory=spec.directory, status=read_status(spec), stop_reason=reason,
+                            job=job)
+    status = watch(spec, progress=progress, jobs=True)
+    if status.stopped_message:
+        raise TrialConfigError(status.stopped_message)
+    reason = _final_reason(spec, status)
+    if reason.startswith("budget.max_failures"):
+        raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
+                           f"{spec.directory / 'slurm'}")
+    if reason == "workers finished":
+        raise StudyStopped(f"the jobs of study {spec.name!r} ended before its budget was met ({status.finished} "
+                           f"finished); see {job['logs']}; launch again to go on")
+    return LaunchResult(name=spec.name, directory=spec.directory, status=status, stop_reason=reason, job=job)
 
 
 def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interval: float = 2.0) -> StudyStatus:
     """Show the progress bar until the budget is met (and, with ``jobs``, the study's SLURM jobs have ended)."""
-    from sweeplight._slurm_jobs import ACTIVE, job_states
+    from sweeplight._slurm_jobs import ACTIVE
 
     bar = None
     if progress:
@@ -167,8 +168,7 @@ def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interva
                 status = read_status(spec)
                 if bar is not None:
                     _update(bar, status)
-            live = [s for s in job_states(spec.directory) if s.state in ACTIVE] if jobs else []
-            if status is not None and jobs and not live:
+            if status is not None and jobs and not any(job["state"] in ACTIVE for job in status.jobs):
                 return status  # trials a dead job left RUNNING are failed as stale and re-run by the next launch
             if status is not None and not jobs and not status.counts.get("RUNNING"):
                 n_trials = spec.budget.n_trials

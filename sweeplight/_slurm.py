@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,9 @@ KEYS = ("partition", "account", "qos", "timeout_min", "cpus_per_task", "mem_gb",
         "tasks_per_node", "constraint", "exclude", "setup", "additional_parameters", "array_parallelism",
         "signal_delay_s", "job_name", "python")
 _SBATCH_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+# submitit_parameters keys that are submitit's own, not sbatch options
+_NOT_SBATCH = ("job_name", "signal_delay_s", "array_parallelism", "stderr_to_stdout", "setup", "additional_parameters")
+_NOT_TESTED = ("mail-type", "mail-user", "output", "error", "open-mode", "signal")  # no bearing on whether it can run
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,6 @@ def require_slurm() -> None:
                         "starts a one-node test cluster on this machine)")
 
 
-def run(command: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-
-
 @dataclass(frozen=True)
 class Partition:
     name: str
@@ -134,10 +132,12 @@ class Partition:
 
 def partitions() -> dict[str, Partition]:
     """Partitions with the largest node's CPUs, memory (MB) and GPUs, from ``sinfo``."""
+    from sweeplight._slurm_jobs import run
+
     out = run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G"])
-    if out.returncode != 0:
-        raise SpecError("executor.kind", f"sinfo failed ({out.stderr.strip()[:200] or out.returncode}); is "
-                        "slurmctld reachable from here?")
+    if out is None or out.returncode != 0:
+        why = "no answer" if out is None else out.stderr.strip()[:200] or out.returncode
+        raise SpecError("executor.kind", f"sinfo failed ({why}); is slurmctld reachable from here?")
     found: dict[str, Partition] = {}
     for line in out.stdout.splitlines():
         parts = line.split("|")
@@ -189,21 +189,20 @@ def check_cluster(res: SlurmResources) -> None:
 
 
 def _test_only(res: SlurmResources) -> None:
-    """``sbatch --test-only``: SLURM's own verdict on account, qos, constraint and limits, without submitting."""
-    command = ["sbatch", "--test-only", f"--time={res.timeout_min}", f"--nodes={res.nodes}",
-               f"--ntasks-per-node={res.tasks_per_node}", f"--cpus-per-task={res.cpus_per_task}"]
-    for key in ("partition", "account", "qos", "constraint", "exclude"):
-        if getattr(res, key):
-            command.append(f"--{key}={getattr(res, key)}")
-    if res.mem_gb is not None:
-        command.append(f"--mem={int(res.mem_gb * 1024)}M")
-    if res.gpus_per_node:
-        command.append(f"--gpus-per-node={res.gpus_per_node}")
-    for key, value in res.additional_parameters.items():
-        if key.replace("_", "-") in ("mail-type", "mail-user", "output", "error", "open-mode", "signal"):
-            continue
-        command.append(f"--{key.replace('_', '-')}" + ("" if value is True else f"={value}"))
-    out = run([*command, "--wrap=true"])
+    """``sbatch --test-only`` with the options the worker jobs are submitted with: SLURM's own verdict on account,
+    qos, constraint and limits, without submitting."""
+    from sweeplight._slurm_jobs import run
+
+    params = submitit_parameters(res, name="check", workers=1)
+    options = {**{k: v for k, v in params.items() if k not in _NOT_SBATCH}, **params["additional_parameters"]}
+    command = ["sbatch", "--test-only", "--wrap=true"]
+    for key, value in options.items():
+        flag = key.replace("_", "-")
+        if flag not in _NOT_TESTED:
+            command.append(f"--{flag}" + ("" if value is True else f"={value}"))
+    out = run(command)
+    if out is None:
+        raise SpecError("slurm", "sbatch --test-only gave no answer; is slurmctld reachable from here?")
     if out.returncode != 0:
         message = " ".join(out.stderr.replace("sbatch: error:", "").split())[:300]
         raise SpecError("slurm", f"the cluster refuses this job: {message} (sbatch --test-only)")

@@ -96,43 +96,41 @@ class JobState:
     exit_code: str = ""
 
 
+def run(command: list[str], *, timeout: float = 30, new_session: bool = False) -> subprocess.CompletedProcess | None:
+    """A SLURM command; None when it cannot start or hangs (slurmctld unreachable)."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                              start_new_session=new_session)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _rows(out: subprocess.CompletedProcess, width: int) -> list[list[str]]:
+    """The '|'-separated rows of a ``squeue -o``/``sacct -P`` answer."""
+    return [parts for parts in (line.split("|") for line in out.stdout.splitlines()) if len(parts) == width]
+
+
 def squeue(ids: list[str]) -> list[JobState] | None:
     """Jobs still in the queue (pending, running, requeued); None when squeue cannot answer."""
     if not ids:
         return []
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%M|%S"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
+    out = run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i|%T|%r|%M|%S"], timeout=20)
+    if out is None or out.returncode != 0:
         # A finished job id that slurmctld has already forgotten (MinJobAge) makes squeue fail.
-        return [] if "Invalid job id" in out.stderr else None
-    states = []
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) == 5:
-            states.append(JobState(parts[0], parts[1], parts[2], parts[3], _time(parts[4])))
-    return states
+        return [] if out is not None and "Invalid job id" in out.stderr else None
+    return [JobState(key, state, reason, elapsed, _time(start)) for key, state, reason, elapsed, start in _rows(out, 5)]
 
 
 def sacct(ids: list[str]) -> list[JobState]:
     """Every array task of the jobs as accounting knows them (finished ones too); [] without accounting."""
     if not ids:
         return []
-    try:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,Elapsed,"
-                              "Start"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
+    out = run(["sacct", "-n", "-P", "-X", "-j", ",".join(ids), "-o", "JobID,State,ExitCode,Elapsed,Start"],
+              timeout=20)
+    if out is None or out.returncode != 0:
         return []
-    if out.returncode != 0:
-        return []
-    states = []
-    for line in out.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) == 5:
-            states.append(JobState(parts[0], parts[1].split()[0], "", parts[3], _time(parts[4]), parts[2]))
-    return states
+    return [JobState(key, state.split()[0], "", elapsed, _time(start), code)
+            for key, state, code, elapsed, start in _rows(out, 5)]
 
 
 def job_states(study_dir: Path) -> list[JobState]:
@@ -178,12 +176,8 @@ def job_state() -> str | None:
     key = task_key()
     if not key:
         return None
-    try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", key], capture_output=True, text=True, timeout=20,
-                             start_new_session=True)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    for field in out.stdout.split():
+    out = run(["scontrol", "show", "job", "-o", key], timeout=20, new_session=True)
+    for field in out.stdout.split() if out is not None else ():
         if field.startswith("JobState="):
             return field.removeprefix("JobState=")
     return None
@@ -197,10 +191,8 @@ def requeue_self() -> bool:
     key = task_key()
     if not key:
         return False
-    try:
-        out = subprocess.run(["scontrol", "requeue", key], capture_output=True, text=True, timeout=30,
-                             start_new_session=True)
-    except (OSError, subprocess.TimeoutExpired):
+    out = run(["scontrol", "requeue", key], new_session=True)
+    if out is None:
         return False
     if out.returncode != 0:
         print(f"scontrol requeue {key} failed: {out.stderr.strip()[:200]}", flush=True)
@@ -231,7 +223,7 @@ def cancel(study: Any, study_dir: Path, *, wait: float = 90) -> tuple[list[str],
     for job in live:
         (marks / job).touch()  # read by the workers' signal handler: do not requeue
     if live:
-        subprocess.run(["scancel", *live], capture_output=True, text=True, timeout=30, check=False)
+        run(["scancel", *live])
     end = time.time() + wait
     while live and time.time() < end and any(s.state in ACTIVE for s in squeue(live) or []):
         time.sleep(1)
