@@ -21,6 +21,7 @@ from typing import Any
 
 HEARTBEAT = "sweeplight:heartbeat"
 SLURM_JOB = "sweeplight:slurm_job"  # the array task running the trial (see _slurm_jobs)
+REQUEUED_AT = "sweeplight:requeued_at"  # when the trial's worker last requeued its SLURM job
 STALE_AT = "sweeplight:stale_at"
 _beat_failed = float("-inf")  # monotonic time of this process's last failed heartbeat write
 
@@ -77,7 +78,9 @@ def _requeued_jobs(trials: list, interval: float) -> set[str]:
         return set()
     from sweeplight._slurm_jobs import waiting_for_requeue
 
-    return waiting_for_requeue(list(beats), beats, grace=2 * interval + 120)
+    requeued = {t.system_attrs[SLURM_JOB] for t in trials if t.system_attrs.get(SLURM_JOB)
+                and t.system_attrs.get(REQUEUED_AT, 0) >= t.system_attrs[HEARTBEAT]}
+    return waiting_for_requeue(list(beats), beats, grace=2 * interval + 120, requeued=requeued)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from sweeplight._heartbeat import SLURM_JOB  # trial system attr: the array task
 
 JOBS_FILE = "jobs.json"
 # States in which a job's trial is only waiting for the job to (re)start: it must not be failed as stale.
-WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING", "COMPLETING"}
+WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING"}
 ACTIVE = WAITING | {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
@@ -156,9 +156,10 @@ def _time(text: str) -> float | None:
         return None
 
 
-def waiting_for_requeue(keys: list[str], beats: dict[str, float], grace: float) -> set[str]:
-    """Array tasks whose trial only waits for its job to come back: pending/requeued, or restarted after the
-    trial's last heartbeat less than ``grace`` seconds ago (the new run is still starting up)."""
+def waiting_for_requeue(keys: list[str], beats: dict[str, float], grace: float, requeued: set[str]) -> set[str]:
+    """Array tasks whose trial only waits for its job to come back: pending/requeued, still COMPLETING after its
+    worker requeued it (``requeued``: not a job that was killed), or restarted after the trial's last heartbeat
+    less than ``grace`` seconds ago (the new run is still starting up)."""
     states = squeue(sorted(set(keys)))
     if states is None:
         return set(keys)  # squeue cannot say (slurmctld busy): judge no SLURM trial this time
@@ -166,7 +167,8 @@ def waiting_for_requeue(keys: list[str], beats: dict[str, float], grace: float) 
     for s in states:
         restarted = s.start is not None and s.key in beats and s.start >= beats[s.key] - 2 and now - s.start < grace
         held = "held" in s.reason.lower() or s.state == "REQUEUE_HOLD"
-        if (s.state in WAITING and not held) or (s.state == "RUNNING" and restarted):
+        ending_requeued = s.state == "COMPLETING" and s.key in requeued
+        if (s.state in WAITING and not held) or ending_requeued or (s.state == "RUNNING" and restarted):
             found.add(s.key)
     return found
 

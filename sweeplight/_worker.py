@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
-from sweeplight._heartbeat import HEARTBEAT, ask_lock, beating, fail_stale
+from sweeplight._heartbeat import HEARTBEAT, REQUEUED_AT, ask_lock, beating, fail_stale
 from sweeplight._retrying import is_transient
 from sweeplight._slurm_jobs import SLURM_JOB, task_key
 from sweeplight._spec import spec_from_dir
@@ -29,7 +29,6 @@ from sweeplight._status import failed_in_launch
 from sweeplight._storage import mask_url
 from sweeplight._trial_resume import continue_own, requeue, resume_for
 
-REQUEUED_AT = "sweeplight:requeued_at"  # trial system attr: when its SLURM job was last requeued
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 # Seconds a worker waits out a storage outage before it gives up (its result stays in summary.json for `study sync`).
 STORAGE_MAX_WAIT = float(os.environ.get("SWEEPLIGHT_STORAGE_WAIT", "300"))
