@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+STUDY_TARGET = "the study file (YAML) or the study directory (runs/<name>)"
 EPILOG = "Exit codes: 0 ok, 1 study stopped early, 2 bad input (nothing created), 130 interrupted."
 
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="trials by state, the best trial, and what is running",
                               description="Show a study's trials by state, its best trial and its running trials.",
                               epilog=EPILOG)
-    status.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    status.add_argument("study", help=STUDY_TARGET)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument("--watch", action="store_true",
                         help="show a progress bar until the study ends (its budget is met, its SLURM jobs have ended), "
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "trials with the job id, requeues the job on SIGUSR2/SIGTERM (sbatch --signal=USR2@120 "
                     "--requeue) and continues the same trial in the requeued run. Start any number of them, e.g. "
                     "#SBATCH --array=0-7 with srun sweeplight study work studies/digits.yaml", epilog=EPILOG)
-    work.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    work.add_argument("study", help=STUDY_TARGET)
     _add_set(work)
     work.add_argument("--worker", type=int, default=None,
                       help="worker index in logs and trial attributes (default: $SLURM_ARRAY_TASK_ID or 0)")
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="scancel every SLURM job the study's launches submitted. Workers stop without requeueing; "
                     "their running trials end as 'interrupted' and the next launch re-runs them from their last "
                     "checkpoints. Example: sweeplight study cancel runs/digits", epilog=EPILOG)
-    cancel.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    cancel.add_argument("study", help=STUDY_TARGET)
 
     validate = verbs.add_parser(
         "validate", help="check a study file without creating anything",
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "reached the storage (database down longer than workers wait, a worker killed in between), "
                     "sync closes such trials, or adds their results as new trials linked to them. Running it twice "
                     "adds nothing. Example: sweeplight study sync runs/digits", epilog=EPILOG)
-    sync.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    sync.add_argument("study", help=STUDY_TARGET)
     sync.add_argument("--json", action="store_true", help="print what was done as JSON")
 
     best = verbs.add_parser(
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "write runs/<name>/best-<number>.yaml, a study file with every parameter fixed to those values, so "
                     "one command re-runs exactly that configuration. Example: sweeplight study best runs/digits",
         epilog=EPILOG)
-    best.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    best.add_argument("study", help=STUDY_TARGET)
     best.add_argument("--json", action="store_true", help="print the best trial as JSON")
 
     export = verbs.add_parser(
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write trials.<format> (one row per trial: state, objective, params.*, best./last./test. "
                     "metrics, epochs, stop reason, wall time, memory, host, ...) and curves.<format> (study, trial, "
                     "epoch, metric, value). Example: sweeplight study export runs/digits --format csv", epilog=EPILOG)
-    export.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    export.add_argument("study", help=STUDY_TARGET)
     export.add_argument("--format", dest="fmt", choices=("parquet", "csv"), default="parquet",
                         help="file format (default parquet)")
     export.add_argument("--out", default=None, help="output directory (default: <study directory>/export)")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "parameter importances, slice and contour plots, learning curves (pruned and early-stopped "
                     "trials marked), the trial table, wall times with a suggested SLURM --time, states over time per "
                     "worker, and the best trial. Example: sweeplight study report runs/digits", epilog=EPILOG)
-    report.add_argument("study", help="the study file (YAML) or the study directory (runs/<name>)")
+    report.add_argument("study", help=STUDY_TARGET)
     report.add_argument("--out", default=None, help="output file (default: <study directory>/report.html)")
 
     storage = groups.add_parser("storage", help="check a storage before pointing workers at it",
