@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import torch
@@ -141,12 +139,3 @@ def test_best_of_a_study_without_completed_trials_is_one_line(make_study):
     assert result.returncode == 1
     assert result.stderr.strip() == ("error: study 'tiny' has no completed trial yet (0 trials); see sweeplight study "
                                      "status")
-
-
-def test_loading_many_summaries_is_fast_and_correct(tmp_path):
-    """The benchmark's --quick mode: summaries written by a journal study are read back row for row."""
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "analysis_load.py"), "--quick"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "ratio" in result.stdout
-    assert optuna.__version__
