@@ -7,9 +7,11 @@ the pruner. Under DDP only rank 0 holds the trial; its decision is broadcast so 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +126,46 @@ def trial_monitor_class(namespace: str) -> type:
                       flush=True)
 
     return TrialMonitor
+
+
+@functools.cache
+def last_checkpoint_class(namespace: str) -> type:
+    """Build the ``last.ckpt`` writer for the module's Lightning package."""
+    pl = importlib.import_module(namespace)
+
+    class LastCheckpoint(pl.callbacks.ModelCheckpoint):
+        """``last.ckpt`` after every epoch, improved or not.
+
+        Lightning's ``save_last=True`` writes it only when a top-k checkpoint was saved, so after a plateau a
+        preempted trial would go back to its best epoch instead of its last. When the best checkpoint was written at
+        this same step, ``last.ckpt`` becomes a hard link to it: the same bytes, serialised once (Lightning with
+        ``save_last=True`` writes them twice). Lightning writes checkpoints to a new file and renames it, so the
+        link never sees a half-written file, and deleting the old best leaves ``last.ckpt`` intact.
+        """
+
+        def __init__(self, dirpath: str, best: Any) -> None:
+            super().__init__(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False)
+            self.best = best
+
+        def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+            source = getattr(self.best, "_last_checkpoint_saved", None)
+            if (trainer.world_size == 1 and source and getattr(self.best, "_last_global_step_saved", -1)
+                    == trainer.global_step and os.path.isfile(source)):
+                scratch = f"{filepath}.link"
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(scratch)
+                try:
+                    os.link(source, scratch)
+                    os.replace(scratch, filepath)
+                except OSError:  # a file system without hard links: write it
+                    pass
+                else:
+                    self._last_global_step_saved = trainer.global_step
+                    self._last_checkpoint_saved = filepath
+                    return
+            super()._save_checkpoint(trainer, filepath)
+
+    return LastCheckpoint
 
 
 def _validation_metrics(trainer: Any) -> dict[str, float | None]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweeplight._callbacks import HISTORY_FILE, TrialPrunedSignal, trial_monitor_class
+from sweeplight import _fastpath
+from sweeplight._callbacks import HISTORY_FILE, TrialPrunedSignal, last_checkpoint_class, trial_monitor_class
 from sweeplight._check import Components, split_params
 from sweeplight._errors import TrialConfigError
 from sweeplight._spec import StudySpec
@@ -67,6 +68,7 @@ def run_trial(
 ) -> TrialOutcome:
     """Train one configuration. Never raises for a failing trial: the failure is the outcome."""
     pl = importlib.import_module(components.namespace)
+    _fastpath.install(components.namespace)
     started, clock = time.time(), time.perf_counter()
     reset_peak_rss()
     _reset_gpu_peak()
@@ -176,11 +178,8 @@ def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, sp
         dirpath=str(trial_dir / "checkpoints"), filename="best-{epoch:03d}", monitor=spec.objective.metric,
         mode=mode, save_top_k=config.checkpoint["save_top_k"])
     callbacks = [monitor, checkpoint, pl.callbacks.LearningRateMonitor(logging_interval="epoch")]
-    if config.checkpoint["save_last"]:
-        # Every epoch, improved or not: Lightning's save_last=True writes last.ckpt only when a top-k checkpoint
-        # was saved, so after a plateau a preempted trial would go back to its best epoch instead of its last.
-        callbacks.insert(2, pl.callbacks.ModelCheckpoint(
-            dirpath=str(trial_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False))
+    if config.checkpoint["save_last"]:  # after the best one: it may link to the file that one just wrote
+        callbacks.insert(2, last_checkpoint_class(pl.__name__)(str(trial_dir / "checkpoints"), checkpoint))
     early_stopping = None
     if config.early_stopping:
         early_stopping = pl.callbacks.EarlyStopping(**config.early_stopping)

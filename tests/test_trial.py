@@ -36,7 +36,7 @@ def _run(path: Path, fixed: dict | None = None):
 def test_complete_trial_summary_has_real_values(make_study):
     _, _, _, outcome = _run(make_study({"trainer": {"max_epochs": 3, "swa": {"lrs": 0.01, "epoch_start": 2,
                                                                                    "annealing_epochs": 1}}}),
-                               fixed={"lr": 0.01, "width": 64, "optimizer": "adam"})
+                            fixed={"lr": 0.01, "width": 64, "optimizer": "adam"})
     s = outcome.summary
     assert outcome.state == "COMPLETE", s["error"]
     assert s["epochs"] == 3 and [h["epoch"] for h in s["history"]] == [0, 1, 2]
@@ -141,3 +141,17 @@ def test_module_from_old_pytorch_lightning_package(make_study):
     _, _, _, outcome = _run(path)
     assert outcome.state == "COMPLETE", outcome.summary["error"]
     assert outcome.summary["lightning_namespace"] == "pytorch_lightning"
+
+
+def test_last_checkpoint_every_epoch_is_a_link_to_best_when_it_improved(make_study):
+    """last.ckpt holds the last epoch whether or not it improved; when it did, it is the best file (written once)."""
+    _, _, _, outcome = _run(make_study({"trainer": {"max_epochs": 4}}),
+                            fixed={"lr": 0.01, "width": 64, "optimizer": "adam"})
+    s = outcome.summary
+    assert outcome.state == "COMPLETE", s["error"]
+    last, best = Path(s["checkpoints"]["last"]), Path(s["checkpoints"]["best"])
+    assert torch.load(last, weights_only=False)["epoch"] == 3
+    best_epoch = max(s["history"], key=lambda h: h["val_acc"])["epoch"]
+    assert torch.load(best, weights_only=False)["epoch"] == best_epoch
+    assert last.samefile(best) == (best_epoch == 3)
+    assert not list(last.parent.glob("*.link"))

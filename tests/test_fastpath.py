@@ -1,0 +1,40 @@
+"""The shortcut for Lightning's per-log device move returns exactly what Lightning computes without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
+from sweeplight import _fastpath
+
+
+def _log_three(results: _ResultCollection) -> None:
+    for value, batch_size in ((1.0, 10), (2.0, 30), (4.0, 60)):
+        results.batch_size = batch_size
+        results.log("training_step", "loss", torch.tensor(value), on_step=False, on_epoch=True)
+
+
+def test_logged_epoch_mean_is_unchanged_and_other_moves_still_happen():
+    assert _fastpath.install("lightning.pytorch")
+    results = _ResultCollection(training=True)
+    _log_three(results)
+    metric = results["training_step.loss"]
+    assert metric.compute().item() == pytest.approx((1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100, rel=1e-7)
+    assert metric.cumulated_batch_size.item() == 100
+    # A move to another device is not a no-op: it goes through Lightning's own code.
+    metric.to(torch.device("meta"))
+    assert metric.value.device.type == "meta" and metric.cumulated_batch_size.device.type == "meta"
+
+
+def test_install_is_idempotent_and_can_be_switched_off(monkeypatch):
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
+
+    assert _fastpath.install("lightning.pytorch")
+    patched = _ResultMetric.to
+    _fastpath.install.cache_clear()
+    assert _fastpath.install("lightning.pytorch") and _ResultMetric.to is patched  # not wrapped twice
+    _fastpath.install.cache_clear()
+    monkeypatch.setenv("SWEEPLIGHT_FASTPATH", "0")
+    assert not _fastpath.install("lightning.pytorch")
+    _fastpath.install.cache_clear()
