@@ -50,19 +50,20 @@ HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class Size:
     name: str
-    width: int
-    depth: int
+    model: str  # class in models.py
+    args: dict[str, Any]  # its constructor arguments besides PARAMS
     batch_size: int
     epochs: int
 
 
-SIZES = (Size("tiny", 64, 2, 64, 30), Size("wide", 1024, 3, 128, 10))
+SIZES = (Size("tiny", "TimedMLP", {"width": 64, "depth": 2}, 64, 30),
+         Size("cnn", "TimedCNN", {"channels": 32}, 64, 8))
 PARAMS = {"lr": 1e-3, "dropout": 0.1, "weight_decay": 1e-4, "optimizer": "adam"}
 
 
-def models() -> Any:
-    """The benchmarks' module, loaded the way sweeplight loads it (one module object, one MARKS list)."""
-    return import_class("models.py:TimedMLP", base_dir=HERE, field="model.class")
+def models(name: str = "TimedMLP") -> Any:
+    """A class of the benchmarks' module, loaded the way sweeplight loads it (one module object, one MARKS list)."""
+    return import_class(f"models.py:{name}", base_dir=HERE, field="model.class")
 
 
 def per_epoch(marks: list[float]) -> float:
@@ -75,10 +76,9 @@ def run_raw(size: Size) -> tuple[float, float]:
     """The hand-written loop; returns (seconds per epoch, seconds in all)."""
     start = time.perf_counter()
     torch.manual_seed(0)
-    cls = models()
     data = import_class("models.py:DigitsDataModule", base_dir=HERE, field="data.class")(batch_size=size.batch_size)
     data.setup("fit")
-    model = cls(width=size.width, depth=size.depth, **PARAMS)
+    model = models(size.model)(**size.args, **PARAMS)
     optimizer = model.configure_optimizers()
     marks = []
     for _ in range(size.epochs):
@@ -110,7 +110,7 @@ def run_raw(size: Size) -> tuple[float, float]:
 def run_lightning(size: Size, directory: Path, *, extras: bool) -> tuple[float, float]:
     """A plain Trainer; with ``extras``, TensorBoard + best/last checkpoints + early stopping, as a user would add."""
     start = time.perf_counter()
-    cls = models()
+    cls = models(size.model)
     module = import_class("models.py:DigitsDataModule", base_dir=HERE, field="data.class")
     pl.seed_everything(0, verbose=False)
     marks = _marks()
@@ -124,7 +124,7 @@ def run_lightning(size: Size, directory: Path, *, extras: bool) -> tuple[float, 
     trainer = pl.Trainer(max_epochs=size.epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
                          enable_checkpointing=extras, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(directory))
-    trainer.fit(cls(width=size.width, depth=size.depth, **PARAMS), datamodule=module(batch_size=size.batch_size))
+    trainer.fit(cls(**size.args, **PARAMS), datamodule=module(batch_size=size.batch_size))
     marks.append(time.perf_counter())
     return per_epoch(list(marks)), time.perf_counter() - start
 
@@ -135,8 +135,7 @@ def study_file(size: Size, directory: Path) -> Path:
 
     raw = {
         "name": f"overhead-{size.name}", "root": str(directory / "runs"),
-        "model": {"class": f"{HERE / 'models.py'}:TimedMLP",
-                  "args": {"width": size.width, "depth": size.depth, **PARAMS}},
+        "model": {"class": f"{HERE / 'models.py'}:{size.model}", "args": {**size.args, **PARAMS}},
         "data": {"class": f"{HERE / 'models.py'}:DigitsDataModule", "args": {"batch_size": size.batch_size}},
         "objective": {"metric": "val_acc", "direction": "maximize"},
         "search_space": {"dropout": {"type": "categorical", "choices": [PARAMS["dropout"]]}},
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         profile(SIZES[0])
         return 0
-    sizes = [Size(s.name, s.width, s.depth, s.batch_size, 4) for s in SIZES] if args.quick else list(SIZES)
+    sizes = [Size(s.name, s.model, s.args, s.batch_size, 4) for s in SIZES] if args.quick else list(SIZES)
     repeats = 1 if args.quick else args.repeats
     print(f"torch {torch.__version__}, lightning {pl.__version__}, {torch.get_num_threads()} threads, "
           f"{repeats} repeat(s), median")

@@ -68,7 +68,6 @@ def run_trial(
 ) -> TrialOutcome:
     """Train one configuration. Never raises for a failing trial: the failure is the outcome."""
     pl = importlib.import_module(components.namespace)
-    _fastpath.install(components.namespace)
     started, clock = time.time(), time.perf_counter()
     reset_peak_rss()
     _reset_gpu_peak()
@@ -106,15 +105,16 @@ def run_trial(
                 enable_progress_bar=config.enable_progress_bar, **_with_cluster(pl, config.args, spec))
         except Exception as exc:
             raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
-        if config.lr_find and resume is None:
-            lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)
-        ckpt_path = str(resume.checkpoint) if resume is not None else None
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
-                    weights_only=weights_only(ckpt_path) if ckpt_path else None)
-        # Before the test: testing the best checkpoint restores EarlyStopping's state from it, resetting the epoch
-        # it stopped at whenever the best epoch came before the stop (always, with min_delta 0).
-        stop_reason = _stop_reason(trainer, early_stopping, config)
-        test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
+        with _fastpath.installed(components.namespace):
+            if config.lr_find and resume is None:
+                lr_info = _lr_find(pl, trainer, model, datamodule, config, spec, params)
+            ckpt_path = str(resume.checkpoint) if resume is not None else None
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
+                        weights_only=weights_only(ckpt_path) if ckpt_path else None)
+            # Before the test: testing the best checkpoint restores EarlyStopping's state from it, resetting the epoch
+            # it stopped at whenever the best epoch came before the stop (always, with min_delta 0).
+            stop_reason = _stop_reason(trainer, early_stopping, config)
+            test_metrics = _test(pl, trainer, model, datamodule, checkpoint)
         state = "COMPLETE"
     except Interrupted:
         interrupted, stop_reason, error = True, "interrupted", "worker interrupted (SIGTERM/SIGINT)"

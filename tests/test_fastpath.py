@@ -16,25 +16,30 @@ def _log_three(results: _ResultCollection) -> None:
 
 
 def test_logged_epoch_mean_is_unchanged_and_other_moves_still_happen():
-    assert _fastpath.install("lightning.pytorch")
     results = _ResultCollection(training=True)
-    _log_three(results)
+    with _fastpath.installed("lightning.pytorch") as active:
+        assert active
+        _log_three(results)
     metric = results["training_step.loss"]
     assert metric.compute().item() == pytest.approx((1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100, rel=1e-7)
     assert metric.cumulated_batch_size.item() == 100
     # A move to another device is not a no-op: it goes through Lightning's own code.
-    metric.to(torch.device("meta"))
+    with _fastpath.installed("lightning.pytorch"):
+        metric.to(torch.device("meta"))
     assert metric.value.device.type == "meta" and metric.cumulated_batch_size.device.type == "meta"
 
 
-def test_install_is_idempotent_and_can_be_switched_off(monkeypatch):
+def test_on_only_while_a_trial_runs_and_can_be_switched_off(monkeypatch):
     from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultMetric
 
-    assert _fastpath.install("lightning.pytorch")
-    patched = _ResultMetric.to
-    _fastpath.install.cache_clear()
-    assert _fastpath.install("lightning.pytorch") and _ResultMetric.to is patched  # not wrapped twice
-    _fastpath.install.cache_clear()
+    original = _ResultMetric.to
+    with _fastpath.installed("lightning.pytorch"):
+        patched = _ResultMetric.to
+        assert patched is not original
+        with _fastpath.installed("lightning.pytorch") as nested:  # the LR finder's fit inside the trial's
+            assert nested and _ResultMetric.to is patched
+        assert _ResultMetric.to is patched
+    assert _ResultMetric.to is original
     monkeypatch.setenv("SWEEPLIGHT_FASTPATH", "0")
-    assert not _fastpath.install("lightning.pytorch")
-    _fastpath.install.cache_clear()
+    with _fastpath.installed("lightning.pytorch") as active:
+        assert not active and _ResultMetric.to is original
