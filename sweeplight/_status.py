@@ -75,45 +75,42 @@ def resolve(target: str | Path | StudySpec) -> StudySpec:
 
 
 def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None) -> StudyStatus:
-    from optuna.trial import TrialState
-
-    from sweeplight._storage import load_study, mask_url
+    """The study's status. Without ``launch_id`` (the ``status`` command) an RDB storage is read without importing
+    Optuna; ``launch_id`` (a running launch counting its failures) needs every trial, through Optuna."""
+    from sweeplight._status_read import read_fast, read_optuna
+    from sweeplight._storage import mask_url
 
     spec = resolve(target)
-    study = load_study(spec)
-    trials = study.get_trials(deepcopy=False)
+    snapshot = None if launch_id else read_fast(spec.storage, spec.name, spec.objective.direction)
+    failures = 0
+    if snapshot is None:
+        from sweeplight._storage import load_study
+
+        study = load_study(spec)
+        snapshot = read_optuna(study)
+        if launch_id:
+            failures = failed_in_launch(study.get_trials(deepcopy=False), launch_id)
     counts = {state: 0 for state in STATES}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = None
-    if complete:
-        pick = max if spec.objective.direction == "maximize" else min
-        best = pick(complete, key=lambda t: t.value)
+    counts.update(snapshot.counts)
     now = time.time()
     running = []
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
+    for t in snapshot.running:
         attrs = t.system_attrs
-        last = t.last_step
         beat = attrs.get("sweeplight:heartbeat")
         job = attrs.get(SLURM_JOB)
         running.append(RunningTrial(slurm_job=job, log=str(log_path(spec.directory, job)) if job else None,
             number=t.number, worker=attrs.get("sweeplight:worker"), host=attrs.get("sweeplight:host"),
-            pid=attrs.get("sweeplight:pid"), started=t.datetime_start.timestamp() if t.datetime_start else None,
-            last_epoch=last, last_value=t.intermediate_values.get(last) if last is not None else None,
+            pid=attrs.get("sweeplight:pid"), started=t.started, last_epoch=t.last_step, last_value=t.last_value,
             heartbeat_age_s=round(now - beat, 1) if beat else None))
-    failures = failed_in_launch(trials, launch_id)
     jobs = [dataclasses.asdict(j) for j in job_states(spec.directory)] if read_jobs(spec.directory) else []
-    stopped = study._storage.get_study_system_attrs(study._study_id).get("sweeplight:stopped") or ""
+    best = snapshot.best
     return StudyStatus(
         name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,
         direction=spec.objective.direction, n_trials=spec.budget.n_trials, counts=counts,
         best_number=best.number if best else None, best_value=best.value if best else None,
         best_params=dict(best.params) if best else {}, running=running,
         best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {},
-        stopped_message=stopped, failures_this_launch=failures, jobs=jobs)
+        stopped_message=snapshot.stopped, failures_this_launch=failures, jobs=jobs)
 
 
 def format_status(status: StudyStatus) -> str:
