@@ -43,3 +43,29 @@ def test_on_only_while_a_trial_runs_and_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("SWEEPLIGHT_FASTPATH", "0")
     with _fastpath.installed("lightning.pytorch") as active:
         assert not active and _ResultMetric.to is original
+
+
+def test_signature_answers_are_cached_per_function_and_stay_right():
+    from lightning.pytorch.loops import training_epoch_loop
+    from lightning.pytorch.utilities import signature_utils
+
+    original = training_epoch_loop.is_param_in_hook_signature
+
+    class Module:
+        def plain(self, batch, batch_idx): ...
+        def with_iter(self, dataloader_iter): ...
+        def varargs(self, *args): ...
+
+    module = Module()
+    with _fastpath.installed("lightning.pytorch"):
+        cached = training_epoch_loop.is_param_in_hook_signature
+        assert cached is not original and signature_utils.is_param_in_hook_signature is cached
+        for _ in range(2):  # the second round is answered from the cache
+            assert cached(module.with_iter, "dataloader_iter", explicit=True)
+            assert not cached(module.plain, "dataloader_iter", explicit=True)
+            assert cached(module.varargs, "dataloader_iter") and not cached(module.varargs, "x", explicit=True)
+            assert cached(module.plain, "x", min_args=2) and not cached(module.plain, "x", min_args=3)
+        module.plain = module.with_iter  # a hook replaced on the instance is a new function: asked again
+        assert cached(module.plain, "dataloader_iter", explicit=True)
+    assert training_epoch_loop.is_param_in_hook_signature is original
+    assert signature_utils.is_param_in_hook_signature is original
