@@ -39,10 +39,11 @@ def ask_lock(study_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fail_stale(study: Any, interval: float, *, now: float | None = None) -> list[int]:
+def fail_stale(study: Any, interval: float, *, now: float | None = None, trials: list | None = None) -> list[int]:
     """Fail RUNNING trials whose heartbeat is older than two intervals and re-queue them; returns their numbers.
 
-    Call it under ``ask_lock``. Skipped for two intervals after this process saw a storage outage end.
+    Call it under ``ask_lock``; ``trials``: the study's trials when the caller has just read them (saves a read).
+    Skipped for two intervals after this process saw a storage outage end.
     """
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -54,8 +55,10 @@ def fail_stale(study: Any, interval: float, *, now: float | None = None) -> list
         return []
     now = time.time() if now is None else now
     storage, stale = study._storage, []
-    silent = [t for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-              if t.system_attrs.get(HEARTBEAT) is not None and now - t.system_attrs[HEARTBEAT] > 2 * interval]
+    if trials is None:
+        trials = storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    silent = [t for t in trials if t.state == TrialState.RUNNING and t.system_attrs.get(HEARTBEAT) is not None
+              and now - t.system_attrs[HEARTBEAT] > 2 * interval]
     requeued = _requeued_jobs(silent, interval)
     for t in silent:
         if t.system_attrs.get(SLURM_JOB) in requeued:
@@ -83,28 +86,56 @@ def _requeued_jobs(trials: list, interval: float) -> set[str]:
     return waiting_for_requeue(list(beats), beats, grace=2 * interval + 120, requeued=requeued)
 
 
-@contextlib.contextmanager
-def beating(study: Any, trial_id: int, interval: float, study_dir: Path) -> Iterator[None]:
-    """Beat for ``trial_id`` every ``interval`` seconds and watch the other running trials, until the block ends.
+class Heartbeat:
+    """The worker's heartbeat thread: every ``interval`` seconds, while a trial runs (``beating``), it stamps that
+    trial and fails the stale trials of other workers. One thread for the worker's life, not one per trial.
 
     ``study`` must be a separate Study on its own (non-retrying) storage: a beat that fails is skipped, and must not
     wait out an outage while the training thread goes on.
-    """
-    done = threading.Event()
 
-    def beat() -> None:
+        with Heartbeat(monitor, interval, study_dir) as heart, heart.beating(trial._trial_id):
+            ...  # train
+    """
+
+    def __init__(self, study: Any, interval: float, study_dir: Path) -> None:
+        self.study, self.interval, self.study_dir = study, interval, study_dir
+        self._trial: int | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweeplight-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def beating(self, trial_id: int) -> Iterator[None]:
+        """Beat for ``trial_id`` until the block ends (its first beat within ``interval``: ask stamped it)."""
+        with self._lock:
+            self._trial = trial_id
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._trial = None
+
+    def _run(self) -> None:
         global _beat_failed
-        while not done.wait(interval):
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                trial_id = self._trial
+            if trial_id is None:
+                continue
             try:
-                study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
-                with ask_lock(study_dir):
-                    fail_stale(study, interval)
+                self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                with ask_lock(self.study_dir):
+                    fail_stale(self.study, self.interval)
+            except UpdateFinishedTrialError:
+                continue  # the trial was told meanwhile
             except Exception:  # noqa: BLE001 - an outage: skip this beat, judge no one for a while
                 _beat_failed = time.monotonic()
-
-    thread = threading.Thread(target=beat, name="sweeplight-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()

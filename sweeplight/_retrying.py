@@ -60,10 +60,14 @@ class _Retrying:
         return getattr(self._inner, name)
 
     def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        return self.retried(getattr(self._inner, name), *args, **kwargs)
+
+    def retried(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)``, retried like every storage method (for helpers that batch calls)."""
         start, delay, warned = time.monotonic(), 0.25, False
         while True:
             try:
-                result = getattr(self._inner, name)(*args, **kwargs)
+                result = function(*args, **kwargs)
             except Exception as exc:
                 waited = time.monotonic() - start
                 if not is_transient(exc) or waited >= self._max_wait:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
-from sweeplight._heartbeat import HEARTBEAT, REQUEUED_AT, ask_lock, beating, fail_stale
+from sweeplight._heartbeat import HEARTBEAT, REQUEUED_AT, Heartbeat, ask_lock, fail_stale
 from sweeplight._retrying import is_transient
 from sweeplight._slurm_jobs import SLURM_JOB, task_key
 from sweeplight._spec import spec_from_dir
@@ -78,7 +78,6 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     import optuna
 
     from sweeplight._samplers import build_pruner, build_sampler
-    from sweeplight._space import sample
     from sweeplight._storage import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -90,39 +89,77 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     job = task_key()
     print(f"worker {worker} (pid {os.getpid()}{f', SLURM job {job}' if job else ''}) on study {spec.name!r}",
           flush=True)
-    with ask_lock(study_dir):  # not failed as stale while it is being taken back
+    with Heartbeat(monitor, spec.executor.heartbeat_interval, study_dir) as heart:
+        return _loop(spec, runner, study, heart, launch_id=launch_id, deadline=deadline, worker=worker, job=job)
+
+
+def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, deadline: float | None,
+          worker: int, job: str | None) -> int:
+    from sweeplight._space import sample
+
+    with ask_lock(spec.directory):  # not failed as stale while it is being taken back
         own = continue_own(spec, study, job)
     for trial, resume in own:  # this job was requeued: finish its trial first
-        code = _run_one(spec, runner, study, trial, sample(spec.search_space, trial), monitor, resume=resume)
+        code = _run_one(spec, runner, study, trial, sample(spec.search_space, trial), heart, resume=resume)
         if code is not None:
             return code
+    host = os.uname().nodename
     while True:
-        with ask_lock(study_dir):
-            reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline)
+        with ask_lock(spec.directory):
+            trials = live_trials(study, spec)
+            reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline, trials=trials)
             lingering = reason is not None and reason.startswith("budget.n_trials") and _others_running(
-                study, spec.executor.heartbeat_interval)
+                trials, spec.executor.heartbeat_interval)
             if reason is not None and not lingering:
                 print(f"worker {worker}: stopping ({reason})", flush=True)
                 return EXIT_CONFIG if reason.startswith("config error") else 0
             if not lingering:
+                stamp = {HEARTBEAT: time.time(), "sweeplight:launch": launch_id, "sweeplight:worker": worker,
+                         "sweeplight:pid": os.getpid(), "sweeplight:host": host}
+                if job:
+                    stamp[SLURM_JOB] = job
                 with _signals_deferred():  # a trial asked is stamped with its heartbeat before anything else
-                    trial = study.ask()
-                    stamp = {HEARTBEAT: time.time(), "sweeplight:launch": launch_id, "sweeplight:worker": worker,
-                             "sweeplight:pid": os.getpid(), "sweeplight:host": os.uname().nodename}
-                    if job:
-                        stamp[SLURM_JOB] = job
-                    for key, value in stamp.items():
-                        study._storage.set_trial_system_attr(trial._trial_id, key, value)
+                    trial, waiting = ask(study, trials, stamp)
                 params = sample(spec.search_space, trial)
         if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
             time.sleep(min(5.0, spec.executor.heartbeat_interval))
             continue
-        code = _run_one(spec, runner, study, trial, params, monitor)
+        resume = resume_for(spec, waiting) if waiting is not None else None
+        code = _run_one(spec, runner, study, trial, params, heart, resume=resume)
         if code is not None:
             return code
 
 
-def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, monitor: Any, *,
+def ask(study: Any, trials: list, stamp: dict[str, Any]) -> tuple[Any, Any]:
+    """``study.ask()`` with the worker's stamp written at once: (trial, the re-queued trial it took from the queue,
+    or None for a new one).
+
+    Like ``ask``, a waiting (re-queued) trial is taken first; ``trials`` is the list read under the ask lock, so no
+    second read is needed to find one. The stamp is one write (``create_running_trial``, ``set_trial_attrs``), not
+    one commit per attribute. The sampler gets ``trials`` as the study's trials for this trial (Optuna's own
+    per-trial cache, which ``optimize`` fills with a read of its own after the ask): read under the lock, it already
+    holds every other trial, and the study is read once per trial instead of twice.
+    """
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    from sweeplight._writes import create_running_trial, set_trial_attrs
+
+    storage = study._storage
+    study._thread_local.cached_all_trials = trials
+    for waiting in (t for t in trials if t.state == TrialState.WAITING):
+        try:
+            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                continue  # another worker took it
+        except UpdateFinishedTrialError:
+            continue
+        set_trial_attrs(storage, waiting._trial_id, system=stamp)
+        return optuna.Trial(study, waiting._trial_id), waiting
+    return optuna.Trial(study, create_running_trial(storage, study._study_id, stamp)), None
+
+
+def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, heart: Any, *,
              resume: Any = None) -> int | None:
     from optuna.trial import TrialState
 
@@ -133,11 +170,10 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, mo
     directory = trial_dir(spec.directory, trial.number)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
-    resume = resume or resume_for(spec, trial)
     if resume is not None:
         print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint} (restart "
               f"{resume.restarts}, {resume.epochs_lost} validated epochs lost)", flush=True)
-    with beating(monitor, trial._trial_id, spec.executor.heartbeat_interval, spec.directory):
+    with heart.beating(trial._trial_id):
         try:
             outcome = runner(spec, trial, params, directory, resume)
         except Interrupted:  # arrived outside training (building, testing): no history to keep
@@ -180,16 +216,12 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, mo
 
 
 def _record(spec: Any, study: Any, trial: Any, summary: dict, path: Path, state: Any, value: float | None) -> None:
-    """Attributes, then the tell. A trial failed as stale meanwhile (its worker was cut off from the storage for
-    two heartbeat intervals) keeps its result: it is added as a new trial linked to this one."""
+    """The tell, the result's attributes written with it. A trial failed as stale meanwhile (its worker was cut off
+    from the storage for two heartbeat intervals) keeps its result: it is added as a new trial linked to this one."""
     from sweeplight._sync import add, result_attrs, test_metrics
 
-    storage = study._storage
-    for key, attr_value in result_attrs(summary, path).items():
-        _unless_finished(lambda k=key, v=attr_value: storage.set_trial_system_attr(trial._trial_id, k, v))
-    for key, metric in test_metrics(summary).items():
-        _unless_finished(lambda k=key, v=metric: storage.set_trial_user_attr(trial._trial_id, k, v))
-    if _tell(study, trial, value, state) or state.name not in ("COMPLETE", "PRUNED"):
+    told = _tell(study, trial, value, state, system=result_attrs(summary, path), user=test_metrics(summary))
+    if told or state.name not in ("COMPLETE", "PRUNED"):
         return
     with ask_lock(spec.directory):
         number = add(study, spec, summary, path)
@@ -205,8 +237,23 @@ def _write_hparams(spec: Any, params: dict, outcome: Any, directory: Path) -> No
     write_hparams(directory, hparams_row(spec.search_space, params), metrics)
 
 
-def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None) -> str | None:
-    """Why no new trial may start, or None. Also fails trials whose worker stopped sending heartbeats."""
+def live_trials(study: Any, spec: Any) -> list:
+    """The study's trials, once trials whose worker stopped sending heartbeats are failed and every interrupted or
+    stale trial is re-queued. Call it under the ask lock; one read of the study unless something changed."""
+    def read() -> list:
+        return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+    trials = read()
+    if fail_stale(study, spec.executor.heartbeat_interval, trials=trials):
+        trials = read()
+    if requeue(study, trials):  # a SLURM worker stopped for good (cancel, time limit) left an interrupted trial
+        trials = read()
+    return trials
+
+
+def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None,
+                trials: list | None = None) -> str | None:
+    """Why no new trial may start, or None. ``trials`` is ``live_trials`` (read here when not given)."""
     from optuna.trial import TrialState
 
     message = study._storage.get_study_system_attrs(study._study_id).get(STOP_ATTR)
@@ -214,9 +261,7 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
         return f"config error: {message}"
     if deadline is not None and time.time() >= deadline:
         return "budget.timeout reached"
-    fail_stale(study, spec.executor.heartbeat_interval)
-    trials = study.get_trials(deepcopy=False)
-    requeue(study, trials)  # a SLURM worker stopped for good (cancel, time limit) left an interrupted trial
+    trials = live_trials(study, spec) if trials is None else trials
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     failed = failed_in_launch(trials, launch_id)
@@ -239,14 +284,14 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
-def _others_running(study: Any, interval: float) -> bool:
+def _others_running(trials: list, interval: float) -> bool:
     """Trials running in live workers (a fresh heartbeat). Not those of a requeued SLURM job waiting in the queue:
     its own next run continues them, and lingering workers would hold the array's slots it needs."""
     from optuna.trial import TrialState
 
     now = time.time()
-    return any(now - t.system_attrs.get(HEARTBEAT, 0) <= 2 * interval for t in study._storage.get_all_trials(
-        study._study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+    return any(t.state == TrialState.RUNNING and now - t.system_attrs.get(HEARTBEAT, 0) <= 2 * interval
+               for t in trials)
 
 
 def budget_trials(spec: Any) -> int | None:
@@ -259,20 +304,46 @@ def budget_trials(spec: Any) -> int | None:
     return size if spec.budget.n_trials is None else min(size, spec.budget.n_trials)
 
 
-def _tell(study: Any, trial: Any, value: float | None, state: Any) -> bool:
-    """Tell the study; False when the trial was already finished (failed as stale).
+def _tell(study: Any, trial: Any, value: float | None, state: Any, *, system: dict, user: dict) -> bool:
+    """Tell the study, with the result's attributes in the same write; False when the trial was already finished
+    (failed as stale): nothing is written then.
 
-    The grid sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside
-    ``optimize``; the state is stored before that raises (a ``finally`` in Optuna), and ``budget_trials`` already
-    ends the study at the grid's size, so that one error is expected."""
-    if study._storage.get_trial(trial._trial_id).state.is_finished():
-        return False
+    This is Optuna's tell (checks, the sampler's ``after_trial``, a pruned trial's last value) with its final
+    storage call, ``set_trial_state_values``, replaced by ``finish_trial`` for the length of the call. The grid
+    sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside ``optimize``; the state is
+    stored before that raises (a ``finally`` in Optuna), and ``budget_trials`` already ends the study at the grid's
+    size, so that one error is expected."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.study._tell import _tell_with_warning  # Study.tell, less the trial it reads back and copies
+
+    storage = study._storage
+    study._storage = _Finishing(storage, system, user)
     try:
-        study.tell(trial, value, state=state, skip_if_finished=True)
+        told, _, _ = _tell_with_warning(study, trial, value, state, skip_if_finished=True)
+    except UpdateFinishedTrialError:  # failed as stale between Optuna's check and the write
+        return False
     except RuntimeError as exc:
         if "Study.stop" not in str(exc):
             raise
-    return True
+        return True
+    finally:
+        study._storage = storage
+    return told == state
+
+
+class _Finishing:
+    """A study's storage for one tell: its ``set_trial_state_values`` also writes the result's attributes."""
+
+    def __init__(self, storage: Any, system: dict, user: dict) -> None:
+        self._storage, self._system, self._user = storage, system, user
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
+        from sweeplight._writes import finish_trial
+
+        return finish_trial(self._storage, trial_id, state, values, system=self._system, user=self._user)
 
 
 def _unless_finished(call: Any) -> Any:

@@ -1,0 +1,336 @@
+"""How does the study's storage hold up? Parallel workers on SQLite, a journal file and PostgreSQL, and the ask path
+in studies of 100 to 10,000 finished trials.
+
+Throughput: 1, 2, 4 and 8 real worker processes (tests/assets/quick_worker.py: the production loop, trials that do
+no training) share one study of N trials; trials/s is N over the span from the first trial's start to the last
+one's end (the workers' start-up is left out), errors are worker exits other than 0, tracebacks and failed
+trials, retries the storage outages a worker waited out ("database is locked"). The baseline is raw Optuna as a user
+runs it on several processes: each process ``optimize(objective, n_trials=N / processes)`` on the storage URL.
+
+Ask latency: a study filled with N realistic finished trials (20 intermediate values, sweeplight's attributes), then
+the time of sweeplight's ask path (under the ask lock: read the trials, fail stale ones, the budget check, the
+stamped ask, sampling the space with TPE) against raw ``study.ask()`` and raw ask + sampling; the first ask of a
+fresh process (which reads the whole study) is shown apart from the median of the next ones. Target: <= 50 ms at
+10,000 trials. PostgreSQL is a private throwaway server (tests/postgres.py), so nothing needs to be running.
+
+    python benchmarks/storage_scale.py             # 400 trials per run, 1/2/4/8 workers, latency at 100/1k/10k
+    python benchmarks/storage_scale.py --quick     # a few runs of each storage (the test suite runs this)
+    python benchmarks/storage_scale.py --storages sqlite,journal --workers 1,4 --n 1000
+
+The ratio (sweeplight trials/s over raw Optuna's, SQLite, 4 processes, or the most run) is last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trial_overhead import QUICK_WORKER, SEED, Storages, check, postgres_server, study_dir
+
+from sweeplight import _worker
+from sweeplight._heartbeat import ask_lock
+from sweeplight._samplers import build_pruner, build_sampler
+from sweeplight._space import sample
+from sweeplight._spec import spec_from_dir
+from sweeplight._storage import load_study
+
+RAW_WORKER = """
+import sys, optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+url, name, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if url.startswith("journal:///"):
+    from optuna.storages.journal import JournalFileBackend
+    url = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///"):]))
+def objective(trial):
+    value = trial.suggest_float("lr", 1e-3, 1e-1) + trial.suggest_int("width", 8, 64)
+    for step in range(3):
+        trial.report(value * (step + 1) / 3, step)
+    return value
+study = optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.TPESampler(seed=seed))
+study.optimize(objective, n_trials=n)
+"""
+
+
+@dataclass
+class Run:
+    storage: str
+    who: str
+    workers: int
+    rate: float
+    errors: int
+    retries: int
+
+
+# ----------------------------------------------------------------- throughput
+
+
+def span_rate(trials: list) -> float:
+    """Trials per second from the first trial's start to the last one's end."""
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    return len(trials) / max((end - start).total_seconds(), 1e-6)
+
+
+def sweeplight_run(store: Storages, workers: int, n: int, tag: str) -> Run:
+    directory = study_dir(store, f"w{workers}{tag}", n)
+    procs = [subprocess.Popen([sys.executable, str(QUICK_WORKER), "work", str(directory), "--worker", str(i),
+                               "--launch-id", "scale"], cwd=directory, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(workers)]
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    trials = load_study(spec_from_dir(directory)).get_trials()
+    failed = sum(t.state != optuna.trial.TrialState.COMPLETE for t in trials)
+    errors = sum(p.returncode != 0 for p in procs) + sum(o.count("Traceback") for o in outputs) + failed
+    if not errors:
+        check(trials, n, directory)  # the budget is exact and every value, report and summary is its trial's
+        assert len({t.system_attrs["sweeplight:worker"] for t in trials}) == workers or n < 4 * workers
+    return Run(store.label, "sweeplight", workers, span_rate(trials), errors,
+               sum(o.count(" unavailable (") for o in outputs))
+
+
+def raw_run(store: Storages, workers: int, n: int, tag: str) -> Run:
+    name = f"raw{workers}{tag}"
+    location = store.new(name)
+    url = {"sqlite": f"sqlite:///{location}", "journal": f"journal:///{location}"}.get(store.kind, location)
+    storage = store_url(store, url)
+    optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    share = [n // workers + (i < n % workers) for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-c", RAW_WORKER, url, name, str(count), str(SEED)], cwd=store.directory,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for count in share]
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    errors = sum(p.returncode != 0 for p in procs) + sum(o.count("Traceback") for o in outputs)
+    errors += len(trials) - len(complete)
+    if not errors:
+        check(trials, n)
+    return Run(store.label, "raw Optuna", workers, span_rate(complete) if complete else 0.0, errors, 0)
+
+
+# ----------------------------------------------------------------- ask latency
+
+
+def finished_trial(number: int) -> optuna.trial.FrozenTrial:
+    """A finished trial as a sweeplight worker leaves it: 20 epochs reported, its stamp and result attributes."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    params = {"lr": 1e-3 + (number % 97) / 1000, "width": 8 + number % 57}
+    value = params["lr"] + params["width"]
+    start = datetime.datetime(2026, 1, 1) + datetime.timedelta(seconds=60 * number)
+    trial = optuna.trial.create_trial(
+        params=params, distributions={"lr": FloatDistribution(1e-3, 1e-1), "width": IntDistribution(8, 64)},
+        value=value, intermediate_values={epoch: value * (epoch + 1) / 20 for epoch in range(20)},
+        system_attrs={"sweeplight:heartbeat": start.timestamp() + 55, "sweeplight:launch": "fill",
+                      "sweeplight:worker": number % 8, "sweeplight:pid": 1000 + number % 8,
+                      "sweeplight:host": "node1", "sweeplight:stop_reason": "max_epochs",
+                      "sweeplight:summary": f"/runs/fill/trials/{number}/summary.json", "sweeplight:epochs": 20},
+        user_attrs={"test_acc": 0.9})
+    trial.datetime_start, trial.datetime_complete = start, start + datetime.timedelta(seconds=58)
+    return trial
+
+
+def fill(study: optuna.Study, count: int) -> None:
+    """Add ``count`` finished trials: ``add_trials`` for a journal; one bulk transaction for a database, where
+    ``add_trials`` writes each trial with ~90 SQL statements (10,000 trials would take 20 minutes on SQLite)."""
+    trials = [finished_trial(i) for i in range(len(study.get_trials(deepcopy=False)), count)]
+    backend = study._storage
+    backend = getattr(backend, "_backend", backend)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        study.add_trials(trials)
+        return
+    from optuna.storages._rdb import models
+    from sqlalchemy import func, insert, select
+
+    with backend.engine.begin() as conn:
+        first = (conn.execute(select(func.max(models.TrialModel.trial_id))).scalar() or 0) + 1
+        numbers = conn.execute(select(func.count()).select_from(models.TrialModel)
+                               .where(models.TrialModel.study_id == study._study_id)).scalar()
+        rows: dict[Any, list[dict]] = {m: [] for m in (models.TrialModel, models.TrialValueModel,
+                                                       models.TrialParamModel, models.TrialIntermediateValueModel,
+                                                       models.TrialSystemAttributeModel,
+                                                       models.TrialUserAttributeModel)}
+        utc = datetime.timezone.utc
+        for offset, t in enumerate(trials):
+            trial_id = first + offset
+            rows[models.TrialModel].append({
+                "trial_id": trial_id, "number": numbers + offset, "study_id": study._study_id, "state": t.state,
+                "datetime_start": t.datetime_start.astimezone(utc).replace(tzinfo=None),
+                "datetime_complete": t.datetime_complete.astimezone(utc).replace(tzinfo=None)})
+            value, kind = models.TrialValueModel.value_to_stored_repr(t.value)
+            rows[models.TrialValueModel].append({"trial_id": trial_id, "objective": 0, "value": value,
+                                                 "value_type": kind})
+            for name, param in t.params.items():
+                distribution = t.distributions[name]
+                rows[models.TrialParamModel].append({
+                    "trial_id": trial_id, "param_name": name, "param_value": distribution.to_internal_repr(param),
+                    "distribution_json": optuna.distributions.distribution_to_json(distribution)})
+            for step, inter in t.intermediate_values.items():
+                inter, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(inter)
+                rows[models.TrialIntermediateValueModel].append({
+                    "trial_id": trial_id, "step": step, "intermediate_value": inter, "intermediate_value_type": kind})
+            for model, attrs in ((models.TrialSystemAttributeModel, t.system_attrs),
+                                 (models.TrialUserAttributeModel, t.user_attrs)):
+                rows[model] += [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        for model, batch in rows.items():
+            if batch:
+                conn.execute(insert(model.__table__), batch)
+
+
+def timed(function: Any, *args: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def ask_latency(store: Storages, sizes: list[int], asks: int) -> list[tuple[int, dict[str, float]]]:
+    """Per study size: first and median seconds of sweeplight's ask path, raw ask, raw ask + sampling."""
+    directory = study_dir(store, "latency", max(sizes) + 10 * asks)
+    spec = spec_from_dir(directory)
+    url_study = load_study(spec)
+    results = []
+    for size in sizes:
+        fill(url_study, size)
+        found = len(url_study.get_trials(deepcopy=False))
+        assert found >= size, (found, size)
+        row: dict[str, float] = {}
+        # sweeplight: a fresh worker-side study (its first ask reads the whole study), the worker's own calls
+        study = load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec), max_wait=30)
+        sampling: list[float] = []
+
+        def ours(study: optuna.Study = study, sampling: list[float] = sampling) -> Any:
+            with ask_lock(directory):
+                trials = _worker.live_trials(study, spec)
+                assert _worker.stop_reason(study, spec, launch_id="lat", deadline=None, trials=trials) is None
+                trial, _ = _worker.ask(study, trials, {"sweeplight:heartbeat": time.time(),
+                                                       "sweeplight:launch": "lat", "sweeplight:worker": 0})
+                params, seconds = timed(sample, spec.search_space, trial)
+            sampling.append(seconds)
+            return trial, params
+
+        row.update(_series("sweeplight", study, ours, asks))
+        row["sweeplight"] -= statistics.median(sampling[1:])
+        row["TPE sampling"] = statistics.median(sampling[1:])
+        raw = optuna.load_study(study_name=spec.name, storage=store_url(store, spec.storage),
+                                sampler=optuna.samplers.TPESampler(seed=SEED))
+        row.update(_series("raw ask", raw, lambda s=raw: (s.ask(), None), asks))
+
+        def raw_sampled(s: optuna.Study = raw) -> Any:
+            trial = s.ask()
+            return trial, {"lr": trial.suggest_float("lr", 1e-3, 1e-1), "width": trial.suggest_int("width", 8, 64)}
+
+        row.update(_series("raw ask + sampling", raw, raw_sampled, asks))
+        results.append((size, row))
+    return results
+
+
+def _series(label: str, study: optuna.Study, ask: Any, asks: int) -> dict[str, float]:
+    """The first ask, then the median of ``asks`` more; each trial is told at once, untimed."""
+    times = []
+    for _ in range(asks + 1):
+        (trial, params), seconds = timed(ask)
+        times.append(seconds)
+        if params is not None:
+            assert set(params) == {"lr", "width"}
+        study.tell(trial, 1.0)
+    return {f"{label}, first": times[0], label: statistics.median(times[1:])}
+
+
+def store_url(store: Storages, url: str) -> Any:
+    """The storage a user passes to Optuna for sweeplight's storage URL."""
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:///"):]))
+    return url
+
+
+# ----------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def storage_kinds(kinds: list[str], where: str) -> Any:
+    """One Storages per kind, sharing one throwaway PostgreSQL server (started only if asked for)."""
+    with tempfile.TemporaryDirectory(dir=where) as tmp, contextlib.ExitStack() as stack:
+        server = stack.enter_context(postgres_server()) if "postgresql" in kinds else None
+        yield {kind: Storages(kind, Path(tmp) / kind, server if kind == "postgresql" else None) for kind in kinds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=400, help="trials per throughput run (default 400)")
+    parser.add_argument("--workers", default="1,2,4,8", help="worker processes per run (default 1,2,4,8)")
+    parser.add_argument("--storages", default="sqlite,journal,postgresql")
+    parser.add_argument("--raw-workers", default="1,4", help="raw Optuna baseline process counts (default 1,4)")
+    parser.add_argument("--sizes", default="100,1000,10000", help="study sizes for the ask latency")
+    parser.add_argument("--asks", type=int, default=20, help="timed asks per size (default 20)")
+    parser.add_argument("--dir", default=None, help="where the storage files go (default: the system temp dir)")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 SQLite workers and 2 raw processes, 1 PostgreSQL worker, 16 trials, latency at 100 on "
+                        "SQLite and journal: for the test suite")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    kinds = args.storages.split(",")
+    plan = {k: ([int(w) for w in args.workers.split(",")], [int(w) for w in args.raw_workers.split(",")])
+            for k in kinds}
+    sizes = {k: [int(s) for s in args.sizes.split(",")] for k in kinds}
+    n, asks = args.n, args.asks
+    if args.quick:
+        plan = {"sqlite": ([2], [2]), "journal": ([], []), "postgresql": ([1], [])}
+        sizes = {"sqlite": [100], "journal": [100], "postgresql": []}
+        n, asks = 16, 3
+    where = args.dir or ("/dev/shm" if args.quick and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
+    runs: list[Run] = []
+    latency: list[tuple[str, int, dict[str, float]]] = []
+    with storage_kinds(list(plan), where) as stores:
+        for kind, (counts, raw_counts) in plan.items():
+            stores[kind].directory.mkdir(parents=True, exist_ok=True)
+            for workers in counts:
+                runs.append(sweeplight_run(stores[kind], workers, n, "s"))
+                if workers in raw_counts:
+                    runs.append(raw_run(stores[kind], workers, n, "r"))
+            for workers in (w for w in raw_counts if w not in counts):
+                runs.append(raw_run(stores[kind], workers, n, "r"))
+            if sizes[kind]:
+                latency += [(stores[kind].label, size, row)
+                            for size, row in ask_latency(stores[kind], sizes[kind], asks)]
+    print(f"throughput: {n} trivial trials per run, TPE, trials/s from the first trial's start to the last one's end")
+    print(f"{'storage':<12}{'loop':<12}{'workers':>8}{'trials/s':>10}{'errors':>8}{'retries':>9}")
+    for r in runs:
+        print(f"{r.storage:<12}{r.who:<12}{r.workers:>8}{r.rate:>10.1f}{r.errors:>8}{r.retries:>9}")
+    if latency:
+        columns = {"sweeplight, first": "ours 1st", "sweeplight": "ours ask", "TPE sampling": "+ TPE",
+                   "raw ask, first": "raw 1st", "raw ask": "raw ask", "raw ask + sampling": "raw ask+TPE"}
+        print(f"ask latency, ms: a fresh process's first ask (with sampling), then medians of {asks}; ours ask = "
+              "lock, read trials, stale check, budget, stamped ask; + TPE = sampling the space, as raw pays it")
+        print(f"{'storage':<12}{'trials':>7}" + "".join(f"{name:>12}" for name in columns.values()))
+        for label, size, row in latency:
+            print(f"{label:<12}{size:>7}" + "".join(f"{row[key] * 1e3:>12.1f}" for key in columns))
+        largest = max(size for _, size, _ in latency)
+        worst = max(row["sweeplight"] for _, size, row in latency if size == largest)
+        print(f"sweeplight's own ask path at {largest} trials, slowest storage: {worst * 1e3:.1f} ms (target <= 50; "
+              "TPE's sampling is Optuna's, the same for raw)")
+    pairs = [(o, r) for o in runs for r in runs if o.who == "sweeplight" and r.who == "raw Optuna"
+             and o.storage == r.storage and o.workers == r.workers and r.rate > 0]
+    pick = next((p for p in pairs if p[0].storage == "sqlite" and p[0].workers == 4), None) or max(
+        pairs, key=lambda p: (p[0].storage == "sqlite", p[0].workers))
+    print(f"ratio sweeplight / raw trials/s ({pick[0].storage}, {pick[0].workers} processes)"
+          f"{pick[0].rate / pick[1].rate:>10.2f}")
+    return 0 if not math.isnan(pick[0].rate) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""Batched storage writes: one round trip where Optuna's storage API makes one per value.
+
+Optuna commits each ``set_trial_system_attr`` on its own, after reading the trial back: an fsync on SQLite and
+journal files, a round trip to a database server, two SQL statements per attribute. A worker stamps each trial with
+five or six attributes when it asks and records three or more with the result, so one write per attribute was most
+of sweeplight's cost per trial. Here a trial's attributes go in one transaction (one multi-row upsert per table) or
+one journal append, and a result's attributes go with the trial's final state.
+
+The functions reach into Optuna's RDB and journal storages (their sessions, models and log records); a storage they
+do not know gets the plain one-call-per-value API. Each takes the worker's retrying storage and waits out outages
+like any storage call: a transaction is all or nothing, and journal records replay idempotently.
+
+    trial_id = create_running_trial(storage, study_id, {"sweeplight:heartbeat": time.time()})
+    set_trial_attrs(storage, trial_id, system={"sweeplight:pid": 123}, user={"test_acc": 0.9})
+    finish_trial(storage, trial_id, TrialState.COMPLETE, [0.93], system={"sweeplight:epochs": 20})
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+from typing import Any
+
+
+def set_trial_attrs(storage: Any, trial_id: int, *, system: dict[str, Any] | None = None,
+                    user: dict[str, Any] | None = None) -> None:
+    """Write several attributes of a running trial at once; like the single calls, raises
+    ``UpdateFinishedTrialError`` for a finished trial (and writes nothing then)."""
+    _write(storage, trial_id, system or {}, user or {}, None)
+
+
+def finish_trial(storage: Any, trial_id: int, state: Any, values: Sequence[float] | None, *,
+                 system: dict[str, Any] | None = None, user: dict[str, Any] | None = None) -> bool:
+    """``set_trial_state_values`` for a finished state, the trial's last attributes written with it: either all of
+    it is stored or none (``UpdateFinishedTrialError`` when the trial was already finished)."""
+    return _write(storage, trial_id, system or {}, user or {}, (state, values))
+
+
+def create_running_trial(storage: Any, study_id: int, system: dict[str, Any]) -> int:
+    """A new RUNNING trial carrying ``system`` attributes (a worker's stamp), in the fewest round trips.
+
+    A journal takes the trial and its attributes as one record. Optuna writes a template trial's attributes to a
+    database one by one, reading the trial back before each: a plain new trial, then one batch, is cheaper there.
+    """
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+
+    if isinstance(_backend(storage), optuna.storages.RDBStorage):
+        trial_id = storage.create_new_trial(study_id)
+        set_trial_attrs(storage, trial_id, system=system)
+        return trial_id
+    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+                           datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs=system,
+                           intermediate_values={}, trial_id=-1)
+    return storage.create_new_trial(study_id, template_trial=template)
+
+
+def _backend(storage: Any) -> Any:
+    """The storage under sweeplight's retrying wrapper and Optuna's cache."""
+    import optuna
+
+    from sweeplight._retrying import RetryingStorage
+
+    if isinstance(storage, RetryingStorage):
+        storage = storage._inner
+    return storage._backend if isinstance(storage, optuna.storages._CachedStorage) else storage
+
+
+def _write(storage: Any, trial_id: int, system: dict, user: dict, final: tuple | None) -> Any:
+    import optuna
+
+    from sweeplight._retrying import RetryingStorage
+
+    if isinstance(storage, RetryingStorage):
+        return storage.retried(_write, storage._inner, trial_id, system, user, final)
+    backend = _backend(storage)
+    if isinstance(backend, optuna.storages.RDBStorage) and backend.engine.name in ("sqlite", "postgresql"):
+        return _rdb_write(backend, trial_id, system, user, final)
+    if isinstance(backend, optuna.storages.JournalStorage) and hasattr(backend, "_replay_result"):
+        return _journal_write(backend, trial_id, system, user, final)
+    for key, value in system.items():
+        storage.set_trial_system_attr(trial_id, key, value)
+    for key, value in user.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    return storage.set_trial_state_values(trial_id, *final) if final else None
+
+
+def _rdb_write(storage: Any, trial_id: int, system: dict, user: dict, final: tuple | None) -> Any:
+    """One check of the trial, one multi-row upsert per attribute table, then the state: one transaction."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy.exc import IntegrityError
+
+    if storage.engine.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    try:
+        with _create_scoped_session(storage.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=final is not None)
+            storage.check_trial_is_updatable(trial_id, trial.state)
+            for model, attrs in ((models.TrialSystemAttributeModel, system), (models.TrialUserAttributeModel, user)):
+                if attrs:
+                    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+                    statement = insert(model).values(rows)
+                    session.execute(statement.on_conflict_do_update(
+                        index_elements=[model.trial_id, model.key], set_={"value_json": statement.excluded.value_json}))
+            if final is None:
+                return None
+            state, values = final
+            for objective, value in enumerate(values or ()):  # as RDBStorage.set_trial_state_values does
+                storage._set_trial_value_without_commit(session, trial, objective, value)
+            trial.state = state
+            trial.datetime_complete = datetime.datetime.now()
+    except IntegrityError:  # as Optuna: another process wrote the same rows first
+        return False
+    return True if final is not None else None
+
+
+def _journal_write(storage: Any, trial_id: int, system: dict, user: dict, final: tuple | None) -> Any:
+    """The journal's own records (one attribute each, as its replay expects), appended under one lock."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages.journal._storage import UNUPDATABLE_MSG, JournalOperation
+
+    worker = storage._replay_result.worker_id
+    logs = [{"op_code": JournalOperation.SET_TRIAL_SYSTEM_ATTR, "worker_id": worker, "trial_id": trial_id,
+             "system_attr": {key: value}} for key, value in system.items()]
+    logs += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "worker_id": worker, "trial_id": trial_id,
+              "user_attr": {key: value}} for key, value in user.items()]
+    if final is not None:
+        now = datetime.datetime.now(tz=datetime.timezone.utc)
+        logs.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "worker_id": worker, "trial_id": trial_id,
+                     "state": final[0], "values": final[1],
+                     "datetime_complete": now.isoformat(timespec="microseconds")})
+    if not logs:
+        return None
+    with storage._thread_lock:
+        storage._sync_with_backend()
+        trial = storage._replay_result.get_trial(trial_id)  # KeyError for an unknown trial, as the single calls
+        if trial.state.is_finished():
+            raise UpdateFinishedTrialError(UNUPDATABLE_MSG.format(trial_number=trial.number))
+        storage._backend.append_logs(logs)
+        finished = False
+        while True:  # finished by another worker since the check: the replay raises once for each record of ours
+            try:
+                storage._sync_with_backend()
+                break
+            except UpdateFinishedTrialError:
+                finished = True
+    if finished:
+        raise UpdateFinishedTrialError(UNUPDATABLE_MSG.format(trial_number=trial.number))
+    return True if final is not None else None
