@@ -17,6 +17,7 @@ read to train the same configuration. Lightning recognises the SLURM-launched pr
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -92,6 +93,7 @@ class SlurmWorker:
         self.deadline = deadline
 
     def __call__(self, index: int) -> int:
+        limit_threads()  # before torch is imported: its thread pool is sized once
         from sweeplight._errors import SweeplightError
         from sweeplight._trial import Interrupted
         from sweeplight._worker import EXIT_INTERRUPTED, work
@@ -100,19 +102,38 @@ class SlurmWorker:
         install_signals(directory)
         try:
             if rank() > 0:
-                return follow(directory)
-            try:
-                code = work(directory, launch_id=self.launch_id, deadline=self.deadline, worker=index)
-            finally:
-                publish(directory, None)
+                code = follow(directory)
+            else:
+                try:
+                    code = work(directory, launch_id=self.launch_id, deadline=self.deadline, worker=index)
+                finally:
+                    publish(directory, None)
         except Interrupted:
             code = EXIT_INTERRUPTED
         except SweeplightError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             code = exc.exit_code
+        # The process ends here (submitit only pickles the result): with torch and Lightning loaded, the interpreter's
+        # final garbage collections take 1.5-3 s, during which the job still holds its CPUs and the study's end waits.
+        gc.freeze()
         if code != 0:  # sacct shows FAILED with the code; after a requeue no result file, so it runs again
             sys.exit(code)
         return code
+
+
+def limit_threads() -> None:
+    """One compute thread per CPU the job was given, unless the user chose (``OMP_NUM_THREADS``).
+
+    torch sizes its thread pool to the node's cores, not the job's CPUs, wherever SLURM does not bind tasks to
+    cores (``task/none``, no cgroup cpusets): workers sharing a node then run cores x workers threads that fight
+    over the same cores. Lightning does the same for the processes it launches itself (``OMP_NUM_THREADS``).
+    """
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if not cpus or not cpus.isdigit() or "OMP_NUM_THREADS" in os.environ:
+        return
+    os.environ["OMP_NUM_THREADS"] = cpus  # read by torch when it is imported, and inherited by its subprocesses
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(cpus))
 
 
 # ---------------------------------------------------------------------------------------------------- DDP --
@@ -172,4 +193,4 @@ def _rank0_alive(directory: Path) -> bool:
     return Path(f"/proc/{info['pid']}").exists()
 
 
-__all__ = ["SlurmWorker", "follow", "install_signals", "publish", "rank", "requeued", "world"]
+__all__ = ["SlurmWorker", "follow", "install_signals", "limit_threads", "publish", "rank", "requeued", "world"]

@@ -288,3 +288,16 @@ srun {sys.executable} -m sweeplight.cli study work {path}
     assert {t.system_attrs["sweeplight:slurm_job"].split("_")[0] for t in trials} == {job}  # stamped with its job
     logs = "".join(p.read_text() for p in tmp_path.glob(f"work-{job}_*.out"))
     assert logs.count("on study 'tiny'") == 2
+
+
+def test_worker_runs_one_torch_thread_per_cpu_of_its_job(cluster):
+    # task/none binds nothing, so torch would size its pool to the node's cores in every worker sharing the node.
+    probe = ("from sweeplight._slurm_worker import limit_threads; limit_threads(); import torch; "
+             "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run(["srun", "-c", "1", "--mem=1G", sys.executable, "-c", probe], capture_output=True,
+                         text=True, timeout=120, cwd=REPO, env=env)
+    assert out.returncode == 0 and out.stdout.split() == ["1"], out.stderr[-2000:]
+    chosen = subprocess.run(["srun", "-c", "1", "--mem=1G", sys.executable, "-c", probe], capture_output=True,
+                            text=True, timeout=120, cwd=REPO, env={**env, "OMP_NUM_THREADS": "2"})
+    assert chosen.returncode == 0 and chosen.stdout.split() == ["2"], chosen.stderr[-2000:]  # the user's choice
