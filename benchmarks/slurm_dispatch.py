@@ -340,12 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     slurm_done = many["last_trial"] - many["start"]
     jobs_end = many["jobs_end"] - many["start"]
     ideal = min(args.workers, cores)
-    print(f"\n(b) {args.trials} trials x {args.epochs} epochs{'':<17}wall s  trials/min  ratio")
+    sinfo = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=20).stdout
+    advertised = max((int(n) for n in re.findall(r"\d+", sinfo)), default=0)
+    print(f"\n(b) the node advertises {advertised} CPUs, the machine has {cores} cores: "
+          f"{args.workers} workers can be at most {ideal:.2f}x faster")
+    print(f"  {str(args.trials) + ' trials x ' + str(args.epochs) + ' epochs':<45}wall s  trials/min  ratio")
     print(f"  {'one process, back to back (loop ' + format(base['loop'], '.1f') + ' s)':<45}{base['wall']:6.1f}"
           f"{args.trials / base['wall'] * 60:12.1f}{1.0:7.2f}")
     print(f"  {'SLURM, ' + str(args.workers) + ' workers: launch -> jobs ended':<45}{jobs_end:6.1f}"
           f"{args.trials / jobs_end * 60:12.1f}{base['wall'] / jobs_end:7.2f}")
-    print(f"  speed-up the {cores} real cores allow: {ideal:.2f} (the node advertises more CPUs)")
     print(f"  {'SLURM, ' + str(args.workers) + ' workers: launch -> last trial done':<45}{slurm_done:6.1f}"
           f"{args.trials / slurm_done * 60:12.1f}{base['wall'] / slurm_done:7.2f}")
     return 0
