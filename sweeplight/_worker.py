@@ -4,6 +4,9 @@ The study is the queue: any number of workers (local processes or SLURM array ta
 same storage. A file lock around "check the budget, then ask" keeps the number of trials exact; a heartbeat on the
 running trial lets any worker fail (and re-queue) the trial of a worker that died without warning.
 
+Round trips per trial, beyond what ``study.optimize`` itself makes: one read of the stop flag and one write of the
+worker's stamp; the study is read once (and handed to the sampler), the result's attributes go with the tell.
+
     python -m sweeplight._worker work runs/digits --launch-id ID --deadline EPOCH_SECONDS
 """
 
@@ -262,9 +265,17 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     if deadline is not None and time.time() >= deadline:
         return "budget.timeout reached"
     trials = live_trials(study, spec) if trials is None else trials
-    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    failed = failed_in_launch(trials, launch_id)
+    finished = running = 0
+    failures = []
+    for t in trials:  # one pass: 10,000 trials are read before every ask
+        state = t.state
+        if state == TrialState.RUNNING:
+            running += 1
+        elif state == TrialState.COMPLETE or state == TrialState.PRUNED:
+            finished += 1
+        elif state == TrialState.FAIL:
+            failures.append(t)
+    failed = failed_in_launch(failures, launch_id)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
     n_trials = budget_trials(spec)

@@ -136,7 +136,8 @@ def _journal_write(storage: Any, trial_id: int, system: dict, user: dict, final:
     if not logs:
         return None
     with storage._thread_lock:
-        storage._sync_with_backend()
+        # As of the last read (the tell, or taking a waiting trial, has just read the log): a trial finished since
+        # is caught after the append.
         trial = storage._replay_result.get_trial(trial_id)  # KeyError for an unknown trial, as the single calls
         if trial.state.is_finished():
             raise UpdateFinishedTrialError(UNUPDATABLE_MSG.format(trial_number=trial.number))

@@ -117,3 +117,25 @@ def test_checkpoints_load_weights_only_unless_they_hold_objects(tmp_path, capsys
     assert weights_only(plain) is True
     assert weights_only(pickled) is False
     assert "holds Python objects" in capsys.readouterr().out
+
+
+def test_batched_write_to_a_trial_another_process_just_finished(tmp_path):
+    """One worker's batched result (sweeplight/_writes.py) races another process that failed the trial as stale:
+    the write is refused, the records it appended are harmless, and the worker's storage keeps working."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    from sweeplight._writes import create_running_trial, finish_trial
+
+    url = f"journal:///{tmp_path / 'study.log'}"
+    mine, theirs = open_storage(url), open_storage(url)
+    study = optuna.create_study(storage=mine, study_name="race")
+    trial_id = create_running_trial(mine, study._study_id, {"sweeplight:heartbeat": 1.0})
+    theirs.get_all_trials(study._study_id)
+    theirs.set_trial_state_values(trial_id, TrialState.FAIL)  # not yet read by `mine`
+    with pytest.raises(UpdateFinishedTrialError):
+        finish_trial(mine, trial_id, TrialState.COMPLETE, [1.0], system={"a": 1, "b": 2})
+    (trial,) = mine.get_all_trials(study._study_id)  # no record of ours left to raise later
+    assert trial.state == TrialState.FAIL and "a" not in trial.system_attrs
+    (seen,) = open_storage(url).get_all_trials(study._study_id)
+    assert seen.state == TrialState.FAIL and seen.values is None and "a" not in seen.system_attrs

@@ -196,3 +196,52 @@ def test_storage_check_reports_backend_and_latency(storage_url, make_study, requ
     else:
         assert report["filesystem"].startswith(("ext4", "overlay", "xfs", "tmpfs", "btrfs"))
         assert report["warnings"] == []
+
+
+def test_batched_writes_are_all_or_nothing(storage_url, tmp_path):
+    """The worker's one-write stamp and result (sweeplight/_writes.py) read back like Optuna's own calls, through
+    the retrying wrapper, and a finished trial takes no more writes."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from sweeplight._retrying import retrying
+    from sweeplight._storage import open_storage, resolve_storage_url
+    from sweeplight._writes import create_running_trial, finish_trial, set_trial_attrs
+
+    url = resolve_storage_url(storage_url, tmp_path, tmp_path)
+    storage = retrying(open_storage(url), max_wait=5, label=url)
+    study = optuna.create_study(storage=storage, study_name="batch", direction="maximize")
+    stamp = {"sweeplight:heartbeat": 1.5, "sweeplight:host": "node1", "sweeplight:pid": 42}
+    trial_id = create_running_trial(storage, study._study_id, stamp)
+    set_trial_attrs(storage, trial_id, system={"sweeplight:pid": 43, "sweeplight:worker": 0}, user={"note": "x"})
+    trial = storage.get_trial(trial_id)
+    assert trial.state == TrialState.RUNNING and trial.datetime_start is not None
+    assert trial.system_attrs == {**stamp, "sweeplight:pid": 43, "sweeplight:worker": 0}
+    assert trial.user_attrs == {"note": "x"}
+    assert finish_trial(storage, trial_id, TrialState.COMPLETE, [0.5], system={"sweeplight:epochs": 3},
+                        user={"test_acc": 0.9})
+    done = optuna.load_study(study_name="batch", storage=open_storage(url)).trials[0]
+    assert done.state == TrialState.COMPLETE and done.value == 0.5 and done.datetime_complete is not None
+    assert done.system_attrs["sweeplight:epochs"] == 3 and done.user_attrs == {"note": "x", "test_acc": 0.9}
+    with pytest.raises(UpdateFinishedTrialError):
+        finish_trial(storage, trial_id, TrialState.FAIL, None, system={"sweeplight:epochs": 4})
+    with pytest.raises(UpdateFinishedTrialError):
+        set_trial_attrs(storage, trial_id, system={"sweeplight:epochs": 5})
+    again = optuna.load_study(study_name="batch", storage=open_storage(url)).trials[0]
+    assert again.state == TrialState.COMPLETE and again.system_attrs["sweeplight:epochs"] == 3
+    study.optimize(lambda t: 1.0, n_trials=1)  # the storage still works after the refused writes
+
+
+def test_sqlite_keeps_a_write_ahead_log_on_local_disks_only(tmp_path, monkeypatch):
+    import sqlite3
+
+    from sweeplight import _storage
+    from sweeplight._storage import Mount, open_storage
+
+    local = tmp_path / "local.db"
+    open_storage(f"sqlite:///{local}").get_all_studies()
+    assert sqlite3.connect(local).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    monkeypatch.setattr(_storage, "filesystem", lambda path, mounts="": Mount("/mnt/nfs", "nfs4", "rw,vers=4.2"))
+    remote = tmp_path / "remote.db"
+    open_storage(f"sqlite:///{remote}").get_all_studies()
+    assert sqlite3.connect(remote).execute("PRAGMA journal_mode").fetchone() == ("delete",)
