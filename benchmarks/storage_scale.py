@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asks", type=int, default=20, help="timed asks per size (default 20)")
     parser.add_argument("--dir", default=None, help="where the storage files go (default: the system temp dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="2 SQLite workers and 2 raw processes, 1 PostgreSQL worker, 16 trials, latency at 100 on "
+                        help="1 SQLite worker and 1 raw process, 1 PostgreSQL worker, 16 trials, latency at 100 on "
                         "SQLite and journal: for the test suite")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {k: [int(s) for s in args.sizes.split(",")] for k in kinds}
     n, asks = args.n, args.asks
     if args.quick:
-        plan = {"sqlite": ([2], [2]), "journal": ([], []), "postgresql": ([1], [])}
+        plan = {"sqlite": ([1], [1]), "journal": ([], []), "postgresql": ([1], [])}
         sizes = {"sqlite": [100], "journal": [100], "postgresql": []}
         n, asks = 16, 3
     where = args.dir or ("/dev/shm" if args.quick and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir())
