@@ -3,7 +3,8 @@
 Both run trials that do no training (tests/assets/quick_worker.py's ``quick_trial``: the value is ``lr + width``,
 three intermediate values reported), on the same kind of storage, with the same sampler (TPE, seed 1) and space:
 
-- raw: what a user would write, ``study.optimize(objective, n_trials=N)`` on a storage URL of that kind;
+- raw: what a user would write, ``study.optimize(objective, n_trials=N)`` on a storage URL of that kind; and the
+  same loop on the storage opened as sweeplight opens it (SQLite's write-ahead log, ...), which isolates the loop;
 - sweeplight: ``sweeplight._worker.work`` in this process: the ask lock, budget and stale-trial check, the stamped
   ask, the heartbeat thread, ``summary.json`` (fsynced) before the attributes and the tell, the retrying storage.
 
@@ -46,7 +47,7 @@ sys.path.insert(0, str(REPO))  # tests.assets.quick_worker and tests.postgres
 from sweeplight import _worker  # noqa: E402
 from sweeplight._samplers import build_pruner, build_sampler  # noqa: E402
 from sweeplight._spec import load_spec, spec_to_json  # noqa: E402
-from sweeplight._storage import create_or_load_study, load_study  # noqa: E402
+from sweeplight._storage import create_or_load_study, load_study, open_storage  # noqa: E402
 from sweeplight._summary import write_json_atomic  # noqa: E402
 from tests.assets.quick_worker import quick_trial  # noqa: E402
 
@@ -94,9 +95,14 @@ class Storages:
             return self.server.new_database(f"b_{name}_{uuid.uuid4().hex[:8]}")
         return self.kind  # a URL the user gave: one study name per run keeps the runs apart
 
-    def raw(self, name: str) -> Any:
-        """The storage a user would pass to ``optuna.create_study`` for the same kind."""
+    def raw(self, name: str, *, tuned: bool = False) -> Any:
+        """The storage a user would pass to ``optuna.create_study`` for the same kind; ``tuned``: opened the way
+        sweeplight opens it (``open_storage``: SQLite's write-ahead log, the journal's lock, the server's pool)."""
         url = self.new(name)
+        if tuned:
+            from sweeplight._storage import resolve_storage_url
+
+            return open_storage(resolve_storage_url(url, self.directory, self.directory))
         if self.kind == "journal":
             from optuna.storages.journal import JournalFileBackend
 
@@ -168,8 +174,8 @@ def objective(trial: optuna.Trial) -> float:
     return value
 
 
-def run_raw(store: Storages, name: str, n: int) -> tuple[float, float, optuna.Study]:
-    study = optuna.create_study(study_name=name, storage=store.raw(name), direction="maximize",
+def run_raw(store: Storages, name: str, n: int, *, tuned: bool = False) -> tuple[float, float, optuna.Study]:
+    study = optuna.create_study(study_name=name, storage=store.raw(name, tuned=tuned), direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=SEED))
     start, cpu = time.perf_counter(), time.process_time()
     study.optimize(objective, n_trials=n)
@@ -350,7 +356,7 @@ def startup(store: Storages, repeats: int) -> dict[str, float]:
 def measure(store: Storages, n: int, repeats: int) -> dict[str, Any]:
     """Interleaved runs (raw, sweeplight, ...): medians of trials/s, CPU ms per trial and storage writes per trial,
     and where the sweeplight trials' time went."""
-    runs: dict[str, list[tuple[float, float, float]]] = {"raw": [], "sweeplight": []}
+    runs: dict[str, list[tuple[float, float, float]]] = {"raw": [], "tuned": [], "sweeplight": []}
     in_process_start = []
     steps = Breakdown()
     for repeat in range(repeats):
@@ -359,6 +365,11 @@ def measure(store: Storages, n: int, repeats: int) -> dict[str, Any]:
             seconds, cpu, study = run_raw(store, f"raw{repeat}", n)
         check(study.get_trials(), n)
         runs["raw"].append((n / seconds, cpu / n, writes.count / n))
+        writes = Writes()
+        with writes.counting():
+            seconds, cpu, study = run_raw(store, f"tuned{repeat}", n, tuned=True)
+        check(study.get_trials(), n)
+        runs["tuned"].append((n / seconds, cpu / n, writes.count / n))
         directory = study_dir(store, f"sweeplight{repeat}", n)
         writes = Writes()
         with writes.counting():
@@ -402,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(store, n, repeats)
         start = startup(store, 1 if args.quick else 3)
     (raw_rate, raw_cpu, raw_writes), (our_rate, our_cpu, our_writes) = result["raw"], result["sweeplight"]
+    tuned_rate, tuned_cpu, tuned_writes = result["tuned"]
     steps = result["steps"]
     print(f"{store.label} in {where}, TPE (seed {SEED}), {n} trivial trials per run, {repeats} interleaved "
           "repeat(s), median")
@@ -416,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'in-process worker, work() to first ask':<44}{result['in_process_start']:>10.2f}")
     print(f"{'loop':<28}{'trials/s':>10}{'ms/trial':>10}{'CPU ms/trial':>14}{'writes/trial':>14}")
     for label, rate, cpu, writes in (("raw study.optimize", raw_rate, raw_cpu, raw_writes),
+                                     ("raw, sweeplight's storage", tuned_rate, tuned_cpu, tuned_writes),
                                      ("sweeplight worker", our_rate, our_cpu, our_writes)):
         print(f"{label:<28}{rate:>10.1f}{1e3 / rate:>10.2f}{cpu * 1e3:>14.2f}{writes:>14.2f}")
     print(f"{'fixed cost per trial (ms)':<28}{'':>10}{1e3 / our_rate - 1e3 / raw_rate:>10.2f}"
           f"{(our_cpu - raw_cpu) * 1e3:>14.2f}")
     print(f"{'ratio of CPU per trial, raw / sweeplight':<48}{raw_cpu / our_cpu:>10.2f}")
+    print(f"{'ratio sweeplight / raw on the same storage':<48}{our_rate / tuned_rate:>10.2f}")
     print(f"{'ratio sweeplight / raw (trials/s)':<48}{our_rate / raw_rate:>10.2f}")
     return 0
 

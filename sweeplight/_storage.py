@@ -103,10 +103,12 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
 
     SQLite waits up to 120 s on a locked file instead of failing; on a local disk it keeps a write-ahead log
     (``_write_ahead_log``). A journal file gets the lock that works on its file system (``journal_lock``). A server
-    database keeps a small pool per process (``pool_size`` + 2 overflow, checked with ``pool_pre_ping`` so a
-    restarted server is reconnected to, recycled hourly): 100 workers need about 400 connections, not the 1,500
-    SQLAlchemy's defaults allow. With ``create=False`` a missing SQLite or journal file is an error instead of a new
-    empty file (``status`` must not leave files behind).
+    database keeps a small pool per process (``pool_size`` + 2 overflow, recycled hourly): 100 workers need about
+    400 connections, not the 1,500 SQLAlchemy's defaults allow. No ``pool_pre_ping``: it costs a round trip on every
+    storage call (a worker makes ~25 per trial), and a connection a restarted server dropped fails its first
+    statement, which SQLAlchemy answers by discarding the pool; the worker's retrying storage then retries on a new
+    connection, and short-lived readers (``status``) open fresh ones anyway. With ``create=False`` a missing SQLite
+    or journal file is an error instead of a new empty file (``status`` must not leave files behind).
     """
     import optuna
 
@@ -126,7 +128,7 @@ def open_storage(url: str, *, create: bool = True, pool_size: int = 2) -> optuna
             path.parent.mkdir(parents=True, exist_ok=True)
             engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
         else:
-            engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2, "pool_recycle": 3600}
+            engine_kwargs = {"pool_size": pool_size, "max_overflow": 2, "pool_recycle": 3600}
         storage = optuna.storages.RDBStorage(expand_env(url), engine_kwargs=engine_kwargs,
                                              skip_compatibility_check=False)
         if url.startswith("sqlite"):

@@ -122,7 +122,7 @@ def test_result_survives_a_tell_that_cannot_reach_the_storage(make_study, postgr
     summary = spec.directory / "trials" / "0" / "summary.json"
     assert "cannot record trial 0 in the study" in output and f"its result is kept in {summary}" in output
     assert "sweeplight study sync" in output and postgres_server.password not in output
-    study = optuna.load_study(study_name="tiny", storage=open_storage(postgres_url))  # pool_pre_ping: reconnects
+    study = optuna.load_study(study_name="tiny", storage=open_storage(postgres_url))  # a new pool: reconnects
     assert study.get_trials()[0].state.name == "RUNNING"
 
     result = run_cli("study", "sync", str(spec.directory))
