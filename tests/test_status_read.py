@@ -16,7 +16,8 @@ from sweeplight._storage import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "width": IntDistribution(32, 256, step=32),
-                 "optimizer": CategoricalDistribution(["adam", "sgd", None]), "bias": CategoricalDistribution([True, 2.5])}
+                 "optimizer": CategoricalDistribution(["adam", "sgd", None]),
+                 "bias": CategoricalDistribution([True, 2.5])}
 
 
 def _fill(url: str) -> optuna.Study:
