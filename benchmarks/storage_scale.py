@@ -188,6 +188,9 @@ def fill(study: optuna.Study, count: int) -> None:
         for model, batch in rows.items():
             if batch:
                 conn.execute(insert(model.__table__), batch)
+        if backend.engine.name == "postgresql":  # the ids given above did not advance the trials' sequence
+            conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), "
+                                 "(SELECT max(trial_id) FROM trials))")
 
 
 def timed(function: Any, *args: Any) -> tuple[Any, float]:
