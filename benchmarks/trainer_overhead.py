@@ -57,7 +57,7 @@ class Size:
 
 
 SIZES = (Size("tiny", "TimedMLP", {"width": 64, "depth": 2}, 64, 30),
-         Size("cnn", "TimedCNN", {"channels": 32}, 64, 8))
+         Size("cnn", "TimedCNN", {"channels": 48}, 64, 8))
 PARAMS = {"lr": 1e-3, "dropout": 0.1, "weight_decay": 1e-4, "optimizer": "adam"}
 
 
