@@ -61,18 +61,13 @@ SEED = 1
 @contextlib.contextmanager
 def postgres_server() -> Iterator[Any]:
     """tests/postgres.py's private throwaway server (initdb in a temporary directory), deleted at the end."""
-    from tests.postgres import PostgresServer, _prepare_base, _reap_orphans, find_bindir
+    from tests.postgres import find_bindir, throwaway_server
 
     bindir = find_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL server binaries not found (initdb, pg_ctl); install postgresql or give a URL")
-    _reap_orphans(bindir)
-    server = PostgresServer(bindir=bindir, base=_prepare_base())
-    try:
-        server.initialize()
+    with throwaway_server(bindir) as server:
         yield server
-    finally:
-        server.destroy()
 
 
 class Storages:

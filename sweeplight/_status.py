@@ -87,9 +87,9 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         from sweeplight._storage import load_study
 
         study = load_study(spec)
-        snapshot = read_optuna(study)
-        if launch_id:
-            failures = failed_in_launch(study.get_trials(deepcopy=False), launch_id)
+        trials = study.get_trials(deepcopy=False)
+        snapshot = read_optuna(study, trials)
+        failures = failed_in_launch(trials, launch_id)
     counts = {state: 0 for state in STATES}
     counts.update(snapshot.counts)
     now = time.time()

@@ -144,11 +144,13 @@ def _epoch(stored: Any) -> float | None:
     return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def read_optuna(study: Any) -> Snapshot:
-    """The same snapshot through Optuna: journal files, other schema versions, and the fast reader's reference."""
+def read_optuna(study: Any, trials: list[Any] | None = None) -> Snapshot:
+    """The same snapshot through Optuna: journal files, other schema versions, and the fast reader's reference.
+    ``trials``: the study's trials when the caller read them already."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1

@@ -35,7 +35,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -345,6 +345,14 @@ def postgres_server() -> Iterator[PostgresServer]:
     except ImportError:
         pytest.fail('psycopg2 is not installed; the PostgreSQL tests need it: pip install -e ".[test]"',
                     pytrace=False)
+    with throwaway_server(bindir) as server:
+        yield server
+
+
+@contextmanager
+def throwaway_server(bindir: Path) -> Iterator[PostgresServer]:
+    """A private server initialised in a new temporary directory, stopped and deleted on the way out (also used by
+    benchmarks/trial_overhead.py, outside pytest)."""
     _reap_orphans(bindir)
     server = PostgresServer(bindir=bindir, base=_prepare_base())
     try:
