@@ -42,7 +42,9 @@ from sweeplight._imports import import_class
 from sweeplight._samplers import build_pruner, build_sampler
 from sweeplight._space import sample
 from sweeplight._spec import load_spec
+from sweeplight._storage import create_or_load_study, load_study
 from sweeplight._trial import run_trial
+from sweeplight._worker import STORAGE_MAX_WAIT
 
 HERE = Path(__file__).resolve().parent
 
@@ -155,8 +157,9 @@ def study_file(size: Size, directory: Path) -> Path:
 def run_sweeplight(size: Size, directory: Path) -> tuple[float, float, dict[str, Any]]:
     spec = load_spec(study_file(size, directory))
     components = check_spec(spec)
-    study = optuna.create_study(storage=spec.storage, study_name=spec.name, direction=spec.objective.direction,
-                                sampler=build_sampler(spec), pruner=build_pruner(spec))
+    # The storage as a worker opens it (sweeplight's SQLite settings, retrying wrapper), not Optuna's defaults.
+    create_or_load_study(spec)
+    study = load_study(spec, sampler=build_sampler(spec), pruner=build_pruner(spec), max_wait=STORAGE_MAX_WAIT)
     marks = _marks()
     marks.clear()
     start = time.perf_counter()

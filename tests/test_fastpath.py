@@ -69,3 +69,92 @@ def test_signature_answers_are_cached_per_function_and_stay_right():
         assert cached(module.plain, "dataloader_iter", explicit=True)
     assert training_epoch_loop.is_param_in_hook_signature is original
     assert signature_utils.is_param_in_hook_signature is original
+
+
+def test_empty_reads_the_bytecode():
+    def documented():
+        """Only a docstring."""
+
+    def passes():
+        pass
+
+    def returns_one():
+        return 1
+
+    def side_effect(items):
+        items.append(1)
+
+    def generator():
+        yield
+
+    assert _fastpath.empty(documented) and _fastpath.empty(passes)
+    assert not _fastpath.empty(returns_one) and not _fastpath.empty(side_effect) and not _fastpath.empty(generator)
+    assert not _fastpath.empty(len)
+
+
+def _fit(calls: list[str], *, fastpath: bool, monkeypatch) -> dict[str, torch.Tensor]:
+    """Two epochs of two steps with a callback and a module that override some per-step hooks, one set on an
+    instance; returns the trained weights."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self.layer(x), y)
+            self.log("loss", loss)
+            return loss
+
+        def on_after_backward(self):
+            calls.append(f"module.on_after_backward {self._current_fx_name}")
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Counting(pl.Callback):
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):
+            calls.append(f"callback.on_before_zero_grad {pl_module._current_fx_name}")
+
+    quiet = pl.Callback()
+    quiet.on_train_batch_end = lambda *args: calls.append("instance.on_train_batch_end")
+    monkeypatch.setenv("SWEEPLIGHT_FASTPATH", "1" if fastpath else "0")
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Counting(), quiet])
+    module = Module()
+    with _fastpath.installed("lightning.pytorch") as active:
+        assert active == fastpath
+        trainer.fit(module, DataLoader(data, batch_size=4))
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_empty_hooks_are_skipped_and_written_ones_still_run(monkeypatch):
+    from lightning.pytorch.profilers import PassThroughProfiler
+    from lightning.pytorch.trainer import call
+
+    original = call._call_callback_hooks
+    fast_calls: list[str] = []
+    slow_calls: list[str] = []
+    fast = _fit(fast_calls, fastpath=True, monkeypatch=monkeypatch)
+    slow = _fit(slow_calls, fastpath=False, monkeypatch=monkeypatch)
+    assert fast_calls == slow_calls
+    assert fast_calls.count("module.on_after_backward on_after_backward") == 4
+    assert fast_calls.count("callback.on_before_zero_grad on_before_zero_grad") == 4
+    assert fast_calls.count("instance.on_train_batch_end") == 4
+    assert all(torch.equal(fast[k], slow[k]) for k in fast)
+    assert call._call_callback_hooks is original and "profile" not in PassThroughProfiler.__dict__
+
+
+def test_the_profiler_context_yields_the_action_name():
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    with _fastpath.installed("lightning.pytorch"):
+        with PassThroughProfiler().profile("step") as name:
+            assert name == "step"
+        with pytest.raises(KeyError), PassThroughProfiler().profile("step"):
+            raise KeyError("not swallowed")
