@@ -22,6 +22,7 @@ from typing import Any
 from sweeplight._errors import SpecError, StudyStopped, SweeplightError, TrialConfigError
 from sweeplight._spec import StudySpec, load_spec, spec_to_json
 from sweeplight._status import StudyStatus, read_status
+from sweeplight._trainer_spec import _device_count
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def launch(
     if spec.executor.kind == "slurm":
         return _submit(spec, launch_id, deadline, count, follow=follow, progress=progress)
     logs = [directory / "workers" / f"worker-{i}.log" for i in range(count)]
-    procs = [_start_worker(directory, i, launch_id, deadline, log) for i, log in enumerate(logs)]
+    threads = worker_threads(_cores(), count, _device_count(spec.trainer.devices))
+    procs = [_start_worker(directory, i, launch_id, deadline, log, threads) for i, log in enumerate(logs)]
     try:
         _monitor(spec, procs, progress)
     except KeyboardInterrupt:
@@ -180,12 +182,30 @@ def watch(spec: StudySpec, *, progress: bool = True, jobs: bool = False, interva
             bar.close()
 
 
-def _start_worker(directory: Path, index: int, launch_id: str, deadline: float | None, log: Path) -> subprocess.Popen:
+def worker_threads(cores: int, workers: int, ranks: int = 1) -> int:
+    """Torch threads for each of ``workers`` local processes of ``ranks`` DDP ranks each: the cores shared out.
+
+    torch sizes its thread pool to the machine's cores in every process, so N workers would run N x cores threads
+    that fight over the same cores (measured on 2 cores with 4 workers: trials 5-12x slower than one thread each).
+    """
+    return max(1, cores // max(1, workers * ranks))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may use (taskset, cgroups), not the machine's
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _start_worker(directory: Path, index: int, launch_id: str, deadline: float | None, log: Path,
+                  threads: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "sweeplight._worker", "work", str(directory), "--launch-id", launch_id,
                "--worker", str(index)]
     if deadline is not None:
         command += ["--deadline", repr(deadline)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", str(threads))  # the user's own choice wins
     with open(log, "a") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

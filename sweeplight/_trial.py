@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 import traceback
 from collections.abc import Mapping
@@ -161,6 +162,7 @@ def run_trial(
         "epoch_times_s": [h["time_s"] for h in history],
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mem_mb": _gpu_peak(),
+        "torch_threads": _torch_threads(),
         "started_at": started,
         "finished_at": time.time(),
         "versions": versions(),
@@ -297,3 +299,9 @@ def _gpu_peak() -> float | None:
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _torch_threads() -> int | None:
+    """Torch's intra-op threads in this process: workers share the cores out (``OMP_NUM_THREADS``)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None

@@ -15,6 +15,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from sweeplight._launch import _cores, worker_threads
+
 from .conftest import REPO, TOY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -50,10 +52,12 @@ def test_two_workers_run_a_study_with_summaries_tensorboard_and_resume(make_stud
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     workers = {t.system_attrs["sweeplight:worker"] for t in trials}
     assert workers == {0, 1}  # both workers took trials
+    threads = int(os.environ.get("OMP_NUM_THREADS") or worker_threads(_cores(), 2))
     for trial in trials:
         trial_dir = path.parent / "runs" / "tiny" / "trials" / str(trial.number)
         summary = json.loads((trial_dir / "summary.json").read_text())
         assert summary["state"] == "COMPLETE" and summary["trial"] == trial.number
+        assert summary["torch_threads"] == threads  # the two workers share the cores out
         assert summary["params"] == trial.params
         assert summary["objective"]["value"] == pytest.approx(trial.value)
         assert list(map(int, summary["intermediate_values"])) == sorted(trial.intermediate_values)
@@ -177,3 +181,8 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(
     worker_log = log.read_text()
     assert "resuming trial 0 from" in worker_log
     assert worker_log.count("trial 1 epoch 0:") == 0  # epoch 0 was not trained again
+
+
+def test_worker_threads_share_the_cores_out():
+    assert worker_threads(16, 4) == 4 and worker_threads(16, 3) == 5 and worker_threads(16, 2, ranks=4) == 2
+    assert worker_threads(2, 4) == 1 and worker_threads(1, 1) == 1
