@@ -106,3 +106,8 @@ def retrying(storage: BaseStorage, *, max_wait: float = 300.0, label: str = "sto
     if isinstance(storage, optuna.storages.RDBStorage):
         storage = optuna.storages._CachedStorage(storage)  # what Optuna itself does for RDB storages
     return RetryingStorage(storage, max_wait=max_wait, label=label)
+
+
+def unwrapped(storage: BaseStorage) -> BaseStorage:
+    """The storage inside a retrying wrapper (calls on it fail at once), or ``storage`` itself."""
+    return storage._inner if isinstance(storage, _Retrying) else storage

@@ -80,6 +80,7 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     """Run trials until the budget, the deadline or a stop; returns the process exit code."""
     import optuna
 
+    from sweeplight._retrying import unwrapped
     from sweeplight._samplers import build_pruner, build_sampler
     from sweeplight._storage import load_study
 
@@ -88,7 +89,9 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     runner = runner or LightningRunner(spec)
     study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
                        max_wait=STORAGE_MAX_WAIT)
-    monitor = load_study(spec)  # heartbeats: its own storage, which fails fast instead of waiting
+    # Heartbeats go through the same opened storage without the retrying wrapper, so they fail fast instead of
+    # waiting; sharing it saves opening the database (or replaying the journal) a second time.
+    monitor = optuna.load_study(study_name=spec.name, storage=unwrapped(study._storage))
     job = task_key()
     print(f"worker {worker} (pid {os.getpid()}{f', SLURM job {job}' if job else ''}) on study {spec.name!r}",
           flush=True)
@@ -125,7 +128,7 @@ def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, 
                     trial, waiting = ask(study, trials, stamp)
                 params = sample(spec.search_space, trial)
         if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
-            time.sleep(min(5.0, spec.executor.heartbeat_interval))
+            time.sleep(min(1.0, spec.executor.heartbeat_interval))
             continue
         resume = resume_for(spec, waiting) if waiting is not None else None
         code = _run_one(spec, runner, study, trial, params, heart, resume=resume)
