@@ -6,7 +6,8 @@ three intermediate values reported), on the same kind of storage, with the same 
 - raw: what a user would write, ``study.optimize(objective, n_trials=N)`` on a storage URL of that kind; and the
   same loop on the storage opened as sweeplight opens it (SQLite's write-ahead log, ...), which isolates the loop;
 - sweeplight: ``sweeplight._worker.work`` in this process: the ask lock, budget and stale-trial check, the stamped
-  ask, the heartbeat thread, ``summary.json`` (fsynced) before the attributes and the tell, the retrying storage.
+  ask, the heartbeat thread, ``summary.json`` before the attributes and the tell (fsynced beside the next ask),
+  the retrying storage.
 
 Also printed: where a sweeplight trial's time goes (each step timed inside the real loop), storage writes per
 trial (commits that wrote, or journal appends), and a worker's start-up (its imports, and a real worker process that
@@ -247,7 +248,7 @@ STEPS = (  # (label, module, attribute): each timed where the worker loop calls 
     ("ask + stamp", "sweeplight._worker", "ask"),
     ("sample params (TPE)", "sweeplight._space", "sample"),
     ("trial body (3 reports)", None, "runner"),
-    ("summary.json (fsync)", "sweeplight._summary", "write_json_atomic"),
+    ("summary.json (write)", "sweeplight._summary", "write_json_atomic"),
     ("tell + result attributes", "sweeplight._worker", "_tell"),
     ("heartbeat (start/stop beating)", "sweeplight._heartbeat:Heartbeat", "beating"),
 )

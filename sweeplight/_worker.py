@@ -30,11 +30,13 @@ from sweeplight._slurm_jobs import SLURM_JOB, task_key
 from sweeplight._spec import spec_from_dir
 from sweeplight._status import failed_in_launch
 from sweeplight._storage import mask_url
+from sweeplight._summary import Durability
 from sweeplight._trial_resume import continue_own, requeue, resume_for
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 # Seconds a worker waits out a storage outage before it gives up (its result stays in summary.json for `study sync`).
 STORAGE_MAX_WAIT = float(os.environ.get("SWEEPLIGHT_STORAGE_WAIT", "300"))
+DURABILITY = Durability()  # summaries fsynced off the critical path
 EXIT_STORAGE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
@@ -96,7 +98,10 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     print(f"worker {worker} (pid {os.getpid()}{f', SLURM job {job}' if job else ''}) on study {spec.name!r}",
           flush=True)
     with Heartbeat(monitor, spec.executor.heartbeat_interval, study_dir) as heart:
-        return _loop(spec, runner, study, heart, launch_id=launch_id, deadline=deadline, worker=worker, job=job)
+        try:
+            return _loop(spec, runner, study, heart, launch_id=launch_id, deadline=deadline, worker=worker, job=job)
+        finally:
+            DURABILITY.wait()  # every summary on disk before the worker exits
 
 
 def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, deadline: float | None,
@@ -194,19 +199,22 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, he
         return EXIT_INTERRUPTED
     summary = outcome.summary
     path = directory / "summary.json"
-    write_json_atomic(path, summary)  # durable before the study is told
+    write_json_atomic(path, summary, durable=False)  # visible before the study is told; fsynced beside the next ask
     if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None and "metrics" in summary:
         _write_hparams(spec, params, outcome, directory)  # pruned trials show their last value
     state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
     try:
         _record(spec, study, trial, summary, path, state, outcome.value if state == TrialState.COMPLETE else None)
     except Exception as exc:
+        DURABILITY.later(path)
+        DURABILITY.wait()  # the summary is the result's only copy now
         if not is_transient(exc):
             raise
         print(f"error: cannot record trial {trial.number} in the study ({mask_url(str(exc))[:200]}); its result is "
               f"kept in {path}; run `sweeplight study sync {spec.directory}` once the storage is back",
               file=sys.stderr, flush=True)
         return EXIT_STORAGE
+    DURABILITY.later(path)
     shown = f"{outcome.value:.6g}" if outcome.value is not None else "-"
     print(f"trial {trial.number}: {outcome.state} value={shown} ({summary.get('stop_reason')})", flush=True)
     if outcome.state == "FAIL" and summary.get("error") and not interrupted:

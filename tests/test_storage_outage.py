@@ -131,3 +131,20 @@ def test_result_survives_a_tell_that_cannot_reach_the_storage(make_study, postgr
     trial = study.get_trials()[0]
     value = json.loads(summary.read_text())["objective"]["value"]
     assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(value) == pytest.approx(trial.params["lr"])
+
+
+def test_summaries_are_fsynced_in_order_before_wait_returns(tmp_path, monkeypatch):
+    from sweeplight._summary import Durability, write_json_atomic
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    durability = Durability()
+    paths = [tmp_path / str(i) / "summary.json" for i in range(3)]
+    for path in paths:
+        write_json_atomic(path, {"trial": path.parent.name}, durable=False)
+        assert not synced or synced[-1] != str(path)  # the write itself did not fsync
+        durability.later(path)
+    durability.wait()
+    assert synced == [name for path in paths for name in (str(path), str(path.parent))]
+    durability.wait()  # nothing pending: returns at once
