@@ -14,15 +14,18 @@ import datetime
 import json
 import math
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from sweeplight._storage import expand_env, storage_file
 
 SCHEMA_VERSION = 12  # Optuna's RDB schema the fast reader was written against (Optuna 4.x and 5.x)
 STOPPED = "sweeplight:stopped"
+Query = Callable[[str, dict[str, Any]], list[Any]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,25 @@ class Snapshot:
 
 def read_fast(url: str, study_name: str, direction: str) -> Snapshot | None:
     """The snapshot from an SQLite or server database without Optuna; None when this reader cannot answer."""
+    return query_rdb(url, lambda query: _read(query, study_name, direction))
+
+
+def query_rdb(url: str, reader: Callable[[Query], T]) -> T | None:
+    """``reader(query)`` on an SQLite file (opened read-only) or a server database of Optuna's schema
+    ``SCHEMA_VERSION``; None for a journal file, a missing SQLite file, another schema or any driver error.
+    ``query(sql, args)`` returns the rows as tuples; ``sql`` names its arguments ``:name``. Also used by
+    ``sweeplight.analysis`` (``_rows.read_rdb``) to read every trial of a study."""
+    def checked(query: Query) -> T | None:
+        version = query("SELECT schema_version FROM version_info", {})
+        return reader(query) if version and version[0][0] == SCHEMA_VERSION else None
+
     if url.startswith("sqlite:///"):
         path = storage_file(url)
         if path is None or not path.is_file():
             return None  # Optuna's reader gives the error ("launch the study first")
         try:
             with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30)) as conn:
-                return _read(lambda sql, args: conn.execute(sql, args).fetchall(), study_name, direction)
+                return checked(lambda sql, args: conn.execute(sql, args).fetchall())
         except sqlite3.Error:
             return None
     if url.startswith(("postgresql", "mysql")):
@@ -66,17 +81,13 @@ def read_fast(url: str, study_name: str, direction: str) -> Snapshot | None:
         try:
             engine = sqlalchemy.create_engine(expand_env(url), poolclass=sqlalchemy.pool.NullPool)
             with engine.connect() as conn:
-                return _read(lambda sql, args: conn.execute(sqlalchemy.text(sql), args).all(), study_name,
-                             direction)
+                return checked(lambda sql, args: conn.execute(sqlalchemy.text(sql), args).all())
         except Exception:  # noqa: BLE001 - any driver error: Optuna's reader reports it properly
             return None
     return None
 
 
-def _read(query: Any, study_name: str, direction: str) -> Snapshot | None:
-    version = query("SELECT schema_version FROM version_info", {})
-    if not version or version[0][0] != SCHEMA_VERSION:
-        return None
+def _read(query: Query, study_name: str, direction: str) -> Snapshot | None:
     found = query("SELECT study_id FROM studies WHERE study_name = :name", {"name": study_name})
     if not found:
         return None

@@ -9,8 +9,13 @@ study file, its directory (``runs/<name>``) or a storage URL (every study inside
     trials.sort_values("objective", ascending=False)[["number", "params.lr", "objective", "stop_reason"]]
     curves = curves_frame("runs/digits")          # study, trial, epoch, metric, value
 
-Summaries are read once per call with orjson (``benchmarks/analysis_load.py``: 10,000 summaries of 20 epochs each;
-``pd.read_json`` per file would be 25x slower than a plain ``json`` loop).
+Reading is fast and does not go through Optuna's ``FrozenTrial``s: the storage's tables or journal lines are read
+directly (``sweeplight/_rows.py``; anything unusual is read through Optuna as before), and each summary's part of its
+row is cached per study in ``<study directory>/.sweeplight-cache/`` (next to the SQLite or journal file for a study
+named by URL), keyed on each summary file's inode, modification time and size, so new and rewritten summaries are
+read again and everything else is not. The cache holds no history: ``curves_frame`` reads the summaries.
+``SWEEPLIGHT_ANALYSIS_CACHE=0`` or ``cache=False`` reads everything every time; a directory that cannot be written
+is simply not cached. ``benchmarks/analysis_load.py`` measures it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweeplight import _rows
+from sweeplight._rows import MISSING, ROW_COLUMNS, SUMMARY_COLUMNS
+
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
@@ -28,59 +36,109 @@ if TYPE_CHECKING:
 __all__ = ["BestTrial", "StudyResults", "best_trial", "curves_frame", "export", "load_best_model", "load_results",
            "trials_frame", "write_html"]
 
-# Summary fields copied as they are, in this order, after the parameters and metrics.
-_SUMMARY_COLUMNS = ("epochs", "stop_reason", "wall_time_s", "peak_rss_mb", "peak_gpu_mem_mb", "param_count", "seed",
-                    "precision", "devices", "strategy", "restarts", "epochs_lost", "slurm_job_id",
-                    "slurm_array_task_id")
-
-
-# Columns every row has, after the summary's (see _trial_row).
-_ROW_COLUMNS = ("lr_find", "swa", "host", "worker", "retry_of", "synced_from", "started", "finished", "duration_s",
-                "error", "checkpoint", "summary")
-
-
-@dataclass
 class StudyResults:
-    """One study read once: its Optuna trials and the summaries they point to (None where a trial has none)."""
+    """One study read once: its trials and the summaries they point to (None where a trial has none).
 
-    name: str
-    direction: str
-    metric: str | None
-    directory: Path | None
-    trials: list[optuna.trial.FrozenTrial]
-    summaries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
-    storage: str | None = None  # the storage URL (may hold a password: show it through mask_url)
+    ``trials`` (Optuna's FrozenTrials) and ``summaries`` (whole summaries, with their history) are read on first use:
+    ``trials_frame`` and ``best_trial`` need neither, which is what makes them fast on large studies.
+    """
+
+    def __init__(self, name: str, direction: str, metric: str | None, directory: Path | None,
+                 trials: list[optuna.trial.FrozenTrial] | None = None,
+                 summaries: dict[int, dict[str, Any] | None] | None = None, storage: str | None = None) -> None:
+        self.name = name
+        self.direction = direction
+        self.metric = metric
+        self.directory = directory
+        self.storage = storage  # the storage URL (may hold a password: show it through mask_url)
+        self._trials = trials
+        self._summaries = summaries
+        self._stored: _rows.Trials | None = None  # what load_results read, as columns
+        self._parts: dict[str, list[Any]] | None = None  # each trial's summary part (cached per study)
+
+    def __repr__(self) -> str:
+        return (f"StudyResults(name={self.name!r}, direction={self.direction!r}, metric={self.metric!r}, "
+                f"directory={self.directory!r}, trials={len(self._columns())})")
+
+    @property
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Optuna's trials of the study (read through Optuna on first use)."""
+        if self._trials is None:
+            if self._stored is not None and self._stored.frozen is not None:
+                self._trials = self._stored.frozen
+            elif self.storage is not None:
+                self._trials = _optuna_trials(self.storage, self.name)
+            else:
+                self._trials = []
+        return self._trials
+
+    @trials.setter
+    def trials(self, value: list[optuna.trial.FrozenTrial]) -> None:
+        self.summaries  # noqa: B018 - read them for the trials read so far, before those are replaced
+        self._trials, self._stored, self._parts = value, None, None
+
+    @property
+    def summaries(self) -> dict[int, dict[str, Any] | None]:
+        """Every trial's summary (history.json for a running trial), by number (read on first use)."""
+        if self._summaries is None:
+            if self._stored is None:
+                self._summaries = {}
+            else:
+                paths, histories = _rows.summary_paths(self._stored, self.directory)
+                self._summaries = {number: _rows.read_summary(path, history) for number, path, history in
+                                   zip(self._stored.numbers, paths, histories, strict=True)}
+        return self._summaries
+
+    @summaries.setter
+    def summaries(self, value: dict[int, dict[str, Any] | None]) -> None:
+        self._summaries, self._parts = value, None  # the frame takes them from now on
+
+    def _columns(self) -> _rows.Trials:
+        if self._stored is None:
+            self._stored = _rows.from_frozen(self.name, self.direction, self.trials)
+        return self._stored
+
+    def _summary(self, number: int) -> dict[str, Any] | None:
+        """One trial's whole summary, without reading the others."""
+        if self._summaries is not None or self._stored is None:
+            return self.summaries.get(number)
+        stored = self._stored
+        row = stored.numbers.index(number)
+        paths, histories = _rows.summary_paths(stored, self.directory)
+        return _rows.read_summary(paths[row], histories[row])
+
+    def _summary_parts(self) -> dict[str, list[Any]]:
+        if self._parts is None:
+            self._parts = _rows.parts_of([self.summaries.get(n) for n in self._columns().numbers])
+        return self._parts
 
 
-def load_results(*targets: str | Path) -> list[StudyResults]:
-    """Read every study the targets name: study files, study directories, or storage URLs (all their studies)."""
+def load_results(*targets: str | Path, cache: bool = True) -> list[StudyResults]:
+    """Read every study the targets name: study files, study directories, or storage URLs (all their studies).
+    ``cache=False`` neither reads nor writes the summary cache (nor does ``SWEEPLIGHT_ANALYSIS_CACHE=0``)."""
     results: list[StudyResults] = []
     for target in targets:
-        results.extend(_load_target(target))
+        results.extend(_load_target(target, cache))
     return results
 
 
-def trials_frame(*targets: str | Path | StudyResults) -> pd.DataFrame:
+def trials_frame(*targets: str | Path | StudyResults, cache: bool = True) -> pd.DataFrame:
     """One row per trial of every named study; see the module docstring."""
     import pandas as pd
 
-    rows = [_trial_row(study, t) for study in _results(targets) for t in study.trials]
-    frame = pd.DataFrame.from_records(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=["study", "number", "state", "objective", *_SUMMARY_COLUMNS, *_ROW_COLUMNS])
-    params = sorted(c for c in frame.columns if c.startswith("params."))
-    metrics = sorted(c for c in frame.columns if c.split(".", 1)[0] in ("best", "last", "test"))
-    first = ["study", "number", "state", "objective", *params, *metrics]
-    rest = [c for c in frame.columns if c not in first]
-    return frame[first + rest].reset_index(drop=True)
+    studies = _results(targets, cache)
+    if not sum(len(study._columns()) for study in studies):
+        return pd.DataFrame(columns=["study", "number", "state", "objective", *SUMMARY_COLUMNS, *ROW_COLUMNS])
+    with _rows.no_gc():
+        return pd.DataFrame(_frame_columns(studies))
 
 
-def curves_frame(*targets: str | Path | StudyResults) -> pd.DataFrame:
+def curves_frame(*targets: str | Path | StudyResults, cache: bool = True) -> pd.DataFrame:
     """Learning curves in long format: study, trial, epoch, metric, value (every metric logged per epoch)."""
     import pandas as pd
 
     rows: list[tuple[str, int, int, str, float]] = []
-    for study in _results(targets):
+    for study in _results(targets, cache):
         for number, summary in study.summaries.items():
             for entry in (summary or {}).get("history") or []:
                 epoch = entry.get("epoch")
@@ -123,19 +181,22 @@ def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = False) 
     if len(studies) != 1:
         raise SweeplightError(f"{target} holds {len(studies)} studies; name one: its study file or runs/<name>")
     study = studies[0]
-    complete = [t for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    stored = study._columns()
+    complete = [row for row, (state, value) in enumerate(zip(stored.states, stored.values, strict=True))
+                if state == "COMPLETE" and value is not None]
     if not complete:
-        raise SweeplightError(f"study {study.name!r} has no completed trial yet ({len(study.trials)} trials); "
+        raise SweeplightError(f"study {study.name!r} has no completed trial yet ({len(stored)} trials); "
                               "see sweeplight study status")
     pick = max if study.direction == "maximize" else min
-    best = pick(complete, key=lambda t: t.value)
-    summary = study.summaries.get(best.number) or {}
+    row = pick(complete, key=lambda row: stored.values[row])  # the first of equals, as over Optuna's trials
+    number, value = stored.numbers[row], stored.values[row]
+    summary = study._summary(number) or {}
+    params = dict(summary.get("params") or stored.params[row])
     checkpoint = (summary.get("checkpoints") or {}).get("best")
-    summary_path = best.system_attrs.get("sweeplight:summary")
-    rerun = _write_rerun(study, best) if write_rerun and study.directory is not None else None
-    return BestTrial(study=study.name, number=best.number, value=float(best.value), metric=study.metric,
-                     direction=study.direction, params=dict(summary.get("params") or best.params),
-                     checkpoint=Path(checkpoint) if checkpoint else None,
+    summary_path = stored.system[row].get("sweeplight:summary")
+    rerun = (_write_rerun(study, number, value, params) if write_rerun and study.directory is not None else None)
+    return BestTrial(study=study.name, number=number, value=float(value), metric=study.metric,
+                     direction=study.direction, params=params, checkpoint=Path(checkpoint) if checkpoint else None,
                      summary=Path(summary_path) if summary_path else None, rerun_file=rerun,
                      test_metrics=dict((summary.get("metrics") or {}).get("test") or {}))
 
@@ -163,7 +224,7 @@ def export(target: str | Path, out_dir: str | Path, *, fmt: str = "parquet") -> 
 
     if fmt not in ("parquet", "csv"):
         raise SpecError("--format", f"got {fmt!r}; use parquet or csv")
-    studies = _results((target,))
+    studies = _results((target,), True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -192,97 +253,201 @@ def write_html(figures: list[Any], path: str | Path, title: str) -> Path:
 # ----------------------------------------------------------------------------------------------------------- loading
 
 
-def _results(targets: tuple[Any, ...]) -> list[StudyResults]:
+def _results(targets: tuple[Any, ...], cache: bool = True) -> list[StudyResults]:
     out: list[StudyResults] = []
     for target in targets:
-        out.extend([target] if isinstance(target, StudyResults) else _load_target(target))
+        out.extend([target] if isinstance(target, StudyResults) else _load_target(target, cache))
     return out
 
 
-def _load_target(target: str | Path) -> list[StudyResults]:
-    import optuna
-
+def _load_target(target: str | Path, cache: bool) -> list[StudyResults]:
     from sweeplight._status import resolve
-    from sweeplight._storage import _URL, open_storage
+    from sweeplight._storage import _URL
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     text = str(target)
     if _URL.match(text) and not Path(text).exists():
-        storage = open_storage(text, create=False)
-        return [_read(storage, s.study_name, None, None, text) for s in storage.get_all_studies()]
-    spec = resolve(target)
-    storage = open_storage(spec.storage, create=False)
-    return [_read(storage, spec.name, spec.objective.metric, spec.directory, spec.storage)]
+        directory, metric, url, name = None, None, text, None
+    else:
+        spec = resolve(target)
+        directory, metric, url, name = spec.directory, spec.objective.metric, spec.storage, spec.name
+    cache_dir = _rows.cache_dir(directory, url) if cache else None
+    with _rows.no_gc():
+        stored = _rows.read_storage(url, name, cache_dir) or _optuna_studies(url, name)
+        return [_study(s, metric, directory, url, cache_dir) for s in stored]
 
 
-def _read(storage: Any, name: str, metric: str | None, directory: Path | None, url: str) -> StudyResults:
+def _optuna_studies(url: str, name: str | None = None) -> list[_rows.Trials]:
+    """The studies through Optuna: what the fast readers do not know, and the errors (a missing file or study)."""
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=storage)
-    trials = study.get_trials(deepcopy=False)
-    summaries: dict[int, dict[str, Any] | None] = {}
-    for t in trials:
-        path = t.system_attrs.get("sweeplight:summary")
-        if path is None and directory is not None:
-            path = directory / "trials" / str(t.number) / "summary.json"
-        summary = _read_json(Path(path)) if path else None
-        if summary is None and directory is not None:  # still running: the curve so far, rewritten every epoch
-            summary = _read_json(directory / "trials" / str(t.number) / "history.json")
-        summaries[t.number] = summary
-    if metric is None:
-        metric = next(((s.get("objective") or {}).get("metric") for s in summaries.values() if s), None)
-    return StudyResults(name=name, direction=study.direction.name.lower(), metric=metric, directory=directory,
-                        trials=trials, summaries=summaries, storage=url)
+    from sweeplight._storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url, create=False)
+    names = [name] if name is not None else [s.study_name for s in storage.get_all_studies()]
+    out = []
+    for study_name in names:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        out.append(_rows.from_frozen(study_name, study.direction.name.lower(), study.get_trials(deepcopy=False)))
+    return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    import orjson  # 3-4x faster than json on summaries: 10,000 of them in well under a second
-
-    try:
-        with open(path, "rb") as handle:
-            return orjson.loads(handle.read())
-    except (OSError, ValueError):
-        return None
+def _optuna_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return _optuna_studies(url, name)[0].frozen or []
 
 
-def _trial_row(study: StudyResults, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    summary = study.summaries.get(t.number) or {}
-    row: dict[str, Any] = {"study": study.name, "number": t.number, "state": t.state.name,
-                           "objective": t.value if t.value is not None else math.nan}
-    params = dict(t.params)
-    for key, value in (summary.get("params") or {}).items():  # fixed lists/mappings are not Optuna params
-        params.setdefault(key, value if not isinstance(value, (list, dict)) else json.dumps(value))
-    row.update({f"params.{k}": v for k, v in params.items()})
-    metrics = summary.get("metrics") or {}
-    for kind in ("best", "last"):
-        row.update({f"{kind}.{k}": v for k, v in (metrics.get(kind) or {}).items() if k not in ("epoch", "time_s")})
-    tests = metrics.get("test") or {k: v for k, v in t.user_attrs.items() if k.startswith("test_")}
-    row.update({f"test.{k}": v for k, v in tests.items()})
-    for key in _SUMMARY_COLUMNS:
-        row[key] = summary.get(key)
-    attrs = t.system_attrs
-    row["stop_reason"] = row["stop_reason"] or attrs.get("sweeplight:stop_reason")
-    row["epochs"] = row["epochs"] if row["epochs"] is not None else attrs.get("sweeplight:epochs")
-    lr_find = summary.get("lr_find") or {}
-    row["lr_find"] = lr_find.get("suggestion")
-    row["swa"] = bool(summary.get("swa")) if summary else None
-    row["host"] = summary.get("hostname") or attrs.get("sweeplight:host")
-    row["worker"] = attrs.get("sweeplight:worker")
-    row["retry_of"] = t.user_attrs.get("sweeplight:retry_of")
-    row["synced_from"] = attrs.get("sweeplight:synced_from")
-    row["started"] = t.datetime_start
-    row["finished"] = t.datetime_complete
-    row["duration_s"] = ((t.datetime_complete - t.datetime_start).total_seconds()
-                         if t.datetime_start and t.datetime_complete else None)
-    error = summary.get("error") or attrs.get("sweeplight:error")
-    # The exception line ("ValueError: ..."), which summaries put first; the traceback stays in summary.json.
-    row["error"] = error.strip().splitlines()[0][:300] if error and error.strip() else None
-    row["checkpoint"] = (summary.get("checkpoints") or {}).get("best")
-    row["summary"] = attrs.get("sweeplight:summary")
-    return row
+def _study(stored: _rows.Trials, metric: str | None, directory: Path | None, url: str,
+           cache_dir: Path | None) -> StudyResults:
+    results = StudyResults(stored.name, stored.direction, metric, directory, storage=url)
+    results._stored = stored
+    file = _rows.study_cache(cache_dir, stored.name) if cache_dir is not None else None
+    results._parts = _rows.summary_parts(stored, directory, file)
+    if metric is None:  # the first summary's objective (a storage URL names no study file)
+        results.metric = next((m for m in results._parts.get(_rows.METRIC, ()) if m is not MISSING), None)
+    return results
 
 
-def _write_rerun(study: StudyResults, best: optuna.trial.FrozenTrial) -> Path | None:
+# ----------------------------------------------------------------------------------------------------- trials frame
+
+
+def _frame_columns(studies: list[StudyResults]) -> dict[str, Any]:
+    """The trials frame as columns: what one row per trial (``_trial_row`` before the cache) gave, column by
+    column, so pandas infers the same types."""
+    blocks = [_block(study.name, study._columns(), study._summary_parts()) for study in studies]
+    sizes = [len(study._columns()) for study in studies]
+    names: list[str] = []
+    seen: set[str] = set()
+    for block in blocks:
+        for name in block:
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+    params = sorted(name for name in names if name.startswith("params."))
+    metrics = sorted(name for name in names if name.split(".", 1)[0] in ("best", "last", "test"))
+    columns: dict[str, Any] = {}
+    for name in ["study", "number", "state", "objective", *params, *metrics, *SUMMARY_COLUMNS, *ROW_COLUMNS]:
+        chunks = [block.get(name) for block in blocks]
+        if name in ("started", "finished", "duration_s"):
+            continue
+        if len(chunks) == 1:
+            column = chunks[0]
+        else:
+            column = []
+            for chunk, size in zip(chunks, sizes, strict=True):
+                column.extend(chunk if chunk is not None else [MISSING] * size)
+        columns[name] = column  # MISSING is a NaN: what pandas puts where a row lacks a column
+    started, finished = (_times([block[name] for block in blocks]) for name in ("started", "finished"))
+    columns["started"], columns["finished"] = started.column, finished.column
+    columns["duration_s"] = _durations(started, finished)
+    return {name: columns[name] for name in
+            ["study", "number", "state", "objective", *params, *metrics, *SUMMARY_COLUMNS, *ROW_COLUMNS]}
+
+
+def _block(name: str, trials: _rows.Trials, parts: dict[str, list[Any]]) -> dict[str, Any]:
+    """One study's columns, MISSING where a row lacks the column."""
+    n = len(trials)
+    block: dict[str, Any] = {"study": [name] * n, "number": list(trials.numbers), "state": list(trials.states),
+                             "objective": [v if v is not None else math.nan for v in trials.values]}
+    stored: dict[str, list[Any]] = {}  # Optuna's parameters first, then the summary's fixed lists and mappings
+    for row, params in enumerate(trials.params):
+        for key, value in params.items():
+            column = stored.get(key)
+            if column is None:
+                column = stored[key] = [MISSING] * n
+            column[row] = value
+    for key, column in stored.items():
+        block[f"params.{key}"] = column
+    for key, column in parts.items():
+        if key.startswith("params."):
+            mine = block.get(key)
+            block[key] = column if mine is None else [
+                a if a is not MISSING else b for a, b in zip(mine, column, strict=True)]
+    for key, column in parts.items():
+        if key.startswith(("best.", "last.", "test.")):
+            block[key] = column
+    for row, (has_tests, user) in enumerate(zip(parts[_rows.TESTS], trials.user, strict=True)):
+        if not has_tests:  # the summary has no test metrics: the test_* user attributes
+            for key, value in user.items():
+                if key.startswith("test_"):
+                    column = block.get(f"test.{key}")
+                    if column is None:
+                        column = block[f"test.{key}"] = [MISSING] * n
+                    elif column is parts.get(f"test.{key}"):
+                        column = block[f"test.{key}"] = list(column)  # parts stay as read (and cached)
+                    column[row] = value
+    system, user = trials.system, trials.user
+    for key in SUMMARY_COLUMNS:
+        block[key] = parts[key]
+    block["stop_reason"] = [r or s.get("sweeplight:stop_reason") for r, s in
+                            zip(parts["stop_reason"], system, strict=True)]
+    block["epochs"] = [e if e is not None else s.get("sweeplight:epochs") for e, s in
+                       zip(parts["epochs"], system, strict=True)]
+    block["lr_find"] = parts["lr_find"]
+    block["swa"] = parts["swa"]
+    block["host"] = [h or s.get("sweeplight:host") for h, s in zip(parts["hostname"], system, strict=True)]
+    block["worker"] = [s.get("sweeplight:worker") for s in system]
+    block["retry_of"] = [u.get(_rows.RETRY_OF) for u in user]
+    block["synced_from"] = [s.get("sweeplight:synced_from") for s in system]
+    block["started"], block["finished"] = trials.started, trials.finished
+    block["error"] = [e if has else _rows.first_line(s.get("sweeplight:error")) for e, has, s in
+                      zip(parts["error"], parts[_rows.ERROR], system, strict=True)]
+    block["checkpoint"] = parts["checkpoint"]
+    block["summary"] = [s.get("sweeplight:summary") for s in system]
+    return block
+
+
+@dataclass
+class _Times:
+    column: Any  # what the frame gets: datetime64 values, or a list (None everywhere: a column of None)
+    array: Any = None  # datetime64[us], NaT where unset; None when the times came as a list
+
+
+def _times(chunks: list[Any]) -> _Times:
+    """Optuna's datetimes as one column: a row per trial gave pandas datetimes (None: NaT), or None everywhere."""
+    import numpy as np
+
+    if all(isinstance(chunk, np.ndarray) for chunk in chunks):
+        array = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        if np.isnat(array).all():
+            return _Times([None] * len(array))
+        return _Times(array.astype(_datetime_dtype()), array)
+    values: list[Any] = []
+    for chunk in chunks:
+        values.extend(chunk.tolist() if isinstance(chunk, np.ndarray) else chunk)
+    return _Times(values)
+
+
+def _durations(started: _Times, finished: _Times) -> Any:
+    import numpy as np
+
+    if started.array is None or finished.array is None:
+        begin = started.array.tolist() if started.array is not None else started.column
+        end = finished.array.tolist() if finished.array is not None else finished.column
+        return [(c - s).total_seconds() if s and c else None for s, c in zip(begin, end, strict=True)]
+    took = finished.array - started.array
+    present = ~np.isnat(took)
+    if not present.any():
+        return [None] * len(took)
+    seconds = took.astype(np.int64) / 1e6  # exactly timedelta.total_seconds(): microseconds / 10**6
+    seconds[~present] = np.nan
+    return seconds
+
+
+_DATETIME_DTYPE: list[Any] = []
+
+
+def _datetime_dtype() -> Any:
+    """The type pandas gives a column of datetimes (datetime64[us] in pandas 3, [ns] in pandas 2)."""
+    if not _DATETIME_DTYPE:
+        import datetime
+
+        import pandas as pd
+
+        _DATETIME_DTYPE.append(pd.DataFrame.from_records([{"t": datetime.datetime(2000, 1, 1)}])["t"].dtype)
+    return _DATETIME_DTYPE[0]
+
+
+def _write_rerun(study: StudyResults, number: int, value: float, params: dict[str, Any]) -> Path | None:
     """A copy of the study's resolved file with the search space fixed to the best parameters."""
     import yaml
 
@@ -300,9 +465,7 @@ def _write_rerun(study: StudyResults, best: optuna.trial.FrozenTrial) -> Path | 
             component["class"] = f"{(Path(data['base_dir']) / module).resolve()}:{name}"
         raw[part] = component
     raw.pop("storage", None)  # its own default SQLite file next to the original study
-    summary = study.summaries.get(best.number) or {}
-    params = dict(summary.get("params") or best.params)
-    raw["name"] = f"{study.name}-best-{best.number}"
+    raw["name"] = f"{study.name}-best-{number}"
     raw["root"] = str(study.directory.parent)
     raw["search_space"] = {k: {"type": "fixed", "value": v} for k, v in params.items()}
     raw["sampler"] = {"name": "random", "seed": (raw.get("sampler") or {}).get("seed")
@@ -310,8 +473,8 @@ def _write_rerun(study: StudyResults, best: optuna.trial.FrozenTrial) -> Path | 
     raw["pruner"] = "none"
     raw["budget"] = {"n_trials": 1}
     raw["executor"] = {"kind": "local", "workers": 1}
-    path = study.directory / f"best-{best.number}.yaml"
-    header = (f"# Trial {best.number} of study {study.name!r} ({study.metric} = {best.value:.6g}), every parameter "
+    path = study.directory / f"best-{number}.yaml"
+    header = (f"# Trial {number} of study {study.name!r} ({study.metric} = {value:.6g}), every parameter "
               f"fixed.\n# Re-run it: sweeplight study launch {path}\n")
     path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
     return path
