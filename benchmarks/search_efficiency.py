@@ -11,7 +11,8 @@ summary) until it has trained ``--epochs`` epochs, the same compute for every st
 - best value: the study's best value once the budget is spent (the "same final quality" check).
 
 Strategies: the study file's sampler and pruner replaced by random search (no pruning), TPE (no pruning), TPE with
-the median pruner (sweeplight's defaults) and TPE with the study file's Hyperband pruner. Studies are in memory
+the median pruner (sweeplight's defaults) and TPE with the study file's Hyperband pruner (with ``objective.value:
+best``, trials report their best value so far to it, as in any study). Studies are in memory
 (the storage is not what is measured) and run with one torch thread (these MLPs are too small to gain from more, and
 a second thread only adds contention). The ratio is last: median epochs to target of TPE over TPE + Hyperband.
 
@@ -115,6 +116,11 @@ def run_study(spec: StudySpec, *, budget: int, max_trials: int | None = None) ->
         if outcome.summary["epochs"] != len(stored.intermediate_values) or stored.state != state:
             raise SystemExit(f"{spec.name}: trial {trial.number}: {outcome.summary['epochs']} epochs in its summary, "
                              f"{len(stored.intermediate_values)} reported to the study ({stored.state.name})")
+        summary_values = {int(k): v for k, v in outcome.summary["intermediate_values"].items()}
+        if summary_values != stored.intermediate_values or (state == optuna.trial.TrialState.PRUNED and
+                                                            stored.value != outcome.value):
+            raise SystemExit(f"{spec.name}: trial {trial.number}: the study holds other intermediate values or another "
+                             "pruned value than its summary")
         run.epochs.append(outcome.summary["epochs"])
         run.states.append(outcome.state)
         complete = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

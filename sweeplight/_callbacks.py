@@ -3,6 +3,10 @@
 Each validation epoch it records the logged metrics and epoch time, checks the objective metric exists (a typo in
 ``objective.metric`` fails after the first epoch, listing what *was* logged), reports the value to Optuna and asks
 the pruner. Under DDP only rank 0 holds the trial; its decision is broadcast so every rank stops together.
+
+What is reported is the metric itself, except with ``objective.value: best`` and a pruner that compares trials by
+their value at one step (successive halving, Hyperband): then each epoch reports the best value so far, the value the
+trial would score if it stopped there, so one noisy epoch at a rung does not decide the comparison.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from sweeplight._errors import TrialConfigError
 from sweeplight._summary import write_json_atomic
 
 HISTORY_FILE = "history.json"  # the curve so far, rewritten every epoch
+# Pruners that compare trials by the value reported at one step (a rung). The median and percentile pruners already
+# take the trial's best value over its steps; a threshold pruner judges the value itself.
+RUNG_PRUNERS = frozenset({"successive_halving", "hyperband"})
 
 if TYPE_CHECKING:
     import optuna
@@ -29,6 +36,33 @@ class TrialPrunedSignal(Exception):
     """Raised on every rank when the pruner stops the trial; the runner records the trial as PRUNED."""
 
 
+def reports_best_so_far(spec: Any) -> bool:
+    """Whether a study's trials report their best value so far rather than each epoch's value (see above)."""
+    pruner = spec.pruner
+    if pruner.name == "patient":
+        wrapped = pruner.options.get("wrapped")
+        name = wrapped.get("name") if isinstance(wrapped, dict) else wrapped
+    else:
+        name = pruner.name
+    return spec.objective.value == "best" and name in RUNG_PRUNERS
+
+
+def reported_values(values: list[float | None], *, best_so_far: bool, maximize: bool) -> list[float | None]:
+    """The values a trial reports for its epochs' objective ``values``: each one, or the best so far. A missing or
+    non-finite value is kept as it is (it is never reported: a non-finite value prunes the trial)."""
+    if not best_so_far:
+        return list(values)
+    out: list[float | None] = []
+    best: float | None = None
+    for value in values:
+        if value is not None and math.isfinite(value):
+            best = value if best is None else (max(best, value) if maximize else min(best, value))
+            out.append(best)
+        else:
+            out.append(value)
+    return out
+
+
 @functools.cache
 def trial_monitor_class(namespace: str) -> type:
     """Build the callback for the module's Lightning package (``lightning.pytorch`` or ``pytorch_lightning``)."""
@@ -36,8 +70,11 @@ def trial_monitor_class(namespace: str) -> type:
 
     class TrialMonitor(pl.Callback):
         def __init__(self, *, metric: str, required: tuple[str, ...], trial: optuna.Trial | None, number: int = 0,
-                     verbose: bool = True, history_path: Path | None = None) -> None:
+                     verbose: bool = True, history_path: Path | None = None, best_so_far: bool = False,
+                     maximize: bool = True) -> None:
             self.metric = metric
+            self.best_so_far = best_so_far  # report the best value so far (reports_best_so_far)
+            self.maximize = maximize
             self.number = number
             self.verbose = verbose  # one line per epoch on stdout (the worker's log)
             self.required = required  # metrics other callbacks monitor (early stopping)
@@ -75,11 +112,18 @@ def trial_monitor_class(namespace: str) -> type:
             prune = False
             if self.trial is not None:
                 value = metrics[self.metric]
-                prune = not math.isfinite(value) or self._report(value, epoch)
+                prune = not math.isfinite(value) or self._report(self._reported(value), epoch)
             prune = bool(trainer.strategy.broadcast(prune, src=0))
             if prune:
                 self.pruned = True
                 raise TrialPrunedSignal(f"pruned at epoch {epoch}")
+
+        def _reported(self, value: float) -> float:
+            if not self.best_so_far:
+                return value
+            curve = reported_values([h.get(self.metric) for h in self.history], best_so_far=True,
+                                    maximize=self.maximize)  # a resumed trial's history included
+            return curve[-1]
 
         def _report(self, value: float, epoch: int) -> bool:
             """Report to the study and ask the pruner. When the storage stays unreachable past the worker's wait,

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight import _fastpath
-from sweeplight._callbacks import HISTORY_FILE, TrialPrunedSignal, last_checkpoint_class, trial_monitor_class
+from sweeplight._callbacks import (
+    HISTORY_FILE,
+    TrialPrunedSignal,
+    last_checkpoint_class,
+    reported_values,
+    reports_best_so_far,
+    trial_monitor_class,
+)
 from sweeplight._check import Components, split_params
 from sweeplight._errors import TrialConfigError
 from sweeplight._spec import StudySpec
@@ -87,14 +94,15 @@ def run_trial(
         required = (config.early_stopping["monitor"],) if config.early_stopping else ()
         monitor = trial_monitor_class(components.namespace)(
             metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0,
-            history_path=trial_dir / HISTORY_FILE if rank == 0 else None)
+            history_path=trial_dir / HISTORY_FILE if rank == 0 else None, best_so_far=reports_best_so_far(spec),
+            maximize=spec.objective.direction == "maximize")
         if resume is not None:
             monitor.history = [dict(h) for h in resume.history]
             if trial is not None:
                 known = trial.storage.get_trial(trial._trial_id).intermediate_values  # the same trial resumed
-                for entry in resume.history:  # the pruner sees the whole curve, not just the resumed part
-                    if entry.get(spec.objective.metric) is not None and entry["epoch"] not in known:
-                        trial.report(entry[spec.objective.metric], step=entry["epoch"])
+                for epoch, value in _reported(spec, resume.history).items():  # the pruner sees the whole curve
+                    if value is not None and epoch not in known:
+                        trial.report(value, step=epoch)
         callbacks, early_stopping, checkpoint = _callbacks(pl, config, monitor, trial_dir, spec)
         logger = pl.loggers.TensorBoardLogger(save_dir=str(trial_dir.parent), name="", version=trial_dir.name,
                                               default_hp_metric=False)
@@ -140,7 +148,7 @@ def run_trial(
                       "which": spec.objective.value, "value": value},
         "metrics": {"best": _best_metrics(history, spec), "last": _last(history), "test": test_metrics},
         "history": history,
-        "intermediate_values": {str(h["epoch"]): h.get(spec.objective.metric) for h in history},
+        "intermediate_values": {str(epoch): value for epoch, value in _reported(spec, history).items()},
         "epochs": len(history),
         "stop_reason": stop_reason,
         "resumed_from": None if resume is None else {
@@ -253,12 +261,21 @@ def _stop_reason(trainer: Any, early_stopping: Any, config: TrainerConfig) -> st
     return "max_epochs" if not trainer.interrupted else "interrupted"
 
 
+def _reported(spec: StudySpec, history: list[dict[str, Any]]) -> dict[int, float | None]:
+    """Epoch -> the value reported to the study for it (the metric, or its best so far: see _callbacks)."""
+    values = reported_values([h.get(spec.objective.metric) for h in history], best_so_far=reports_best_so_far(spec),
+                             maximize=spec.objective.direction == "maximize")
+    return {h["epoch"]: value for h, value in zip(history, values, strict=True)}
+
+
 def _objective_value(spec: StudySpec, history: list[dict[str, Any]], state: str) -> float | None:
     values = [h[spec.objective.metric] for h in history if spec.objective.metric in h]
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None
-    if state == "PRUNED" or spec.objective.value == "last":
+    if state == "PRUNED":  # its last reported value, as Optuna records it
+        return [v for v in _reported(spec, history).values() if v is not None and math.isfinite(v)][-1]
+    if spec.objective.value == "last":
         return values[-1]
     return max(values) if spec.objective.direction == "maximize" else min(values)
 
