@@ -16,7 +16,8 @@ On the local SLURM cluster (``bash slurm/start-cluster.sh``), with the digits ML
     The node advertises 4 CPUs but the machine may have fewer cores: the speed-up the cores allow is printed too.
     The ratio (one process / SLURM) is last.
 
-    python benchmarks/slurm_dispatch.py            # (a) 3 single-worker launches; (b) 16 trials x 3 epochs, 4 workers
+    python benchmarks/slurm_dispatch.py            # (a) 3 single-worker launches; (b) 16 trials x 20 epochs, 4 workers
+    python benchmarks/slurm_dispatch.py --epochs 3 # trials of ~0.3 s: the workers' start-up dominates
     python benchmarks/slurm_dispatch.py --quick    # 4 trials x 2 epochs, 2 workers; (a) from that run (<= 40 s)
 
 Fails with one line when no SLURM cluster answers (start one with ``bash slurm/start-cluster.sh``).
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 trials x 2 epochs on 2 workers (the test suite)")
     parser.add_argument("--trials", type=int, default=16, help="trials in (b) (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="SLURM array size in (b) (default 4)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial (default 20: ~1.5 s on 2 cores)")
     parser.add_argument("--repeats", type=int, default=3, help="single-worker launches for (a) (default 3)")
     parser.add_argument("--child-launch-steps", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-baseline", type=Path, help=argparse.SUPPRESS)
