@@ -90,7 +90,7 @@ def write_study(directory: Path, *, name: str, trials: int, epochs: int, workers
                          "dropout": {"type": "float", "low": 0.0, "high": 0.3}},
         "sampler": {"name": "random", "seed": 0}, "pruner": "none",
         "budget": {"n_trials": trials, "max_failures": 2},
-        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "log_every_n_steps": 5},
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "log_every_n_steps": 5, "early_stopping": False},
         "executor": {"kind": kind, "workers": workers},
     }
     if kind == "slurm":
