@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 # The Optuna releases whose TPESampler._sample, _split_trials and _build_parzen_estimator this module reproduces.
-CHECKED_OPTUNA = ("5.0.",)
+CHECKED_OPTUNA = ("5.0.", "5.1.")  # 5.1 changed only comments in samplers/_tpe
 _EXACT = optuna.__version__.startswith(CHECKED_OPTUNA)
 
 READ_SECONDS = 1.0  # how long one read of the study serves the sampling of one trial
