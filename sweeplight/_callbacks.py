@@ -71,7 +71,7 @@ def trial_monitor_class(namespace: str) -> type:
     class TrialMonitor(pl.Callback):
         def __init__(self, *, metric: str, required: tuple[str, ...], trial: optuna.Trial | None, number: int = 0,
                      verbose: bool = True, history_path: Path | None = None, best_so_far: bool = False,
-                     maximize: bool = True) -> None:
+                     maximize: bool = True, extras: list[Any] | tuple[Any, ...] = (), clock: Any = None) -> None:
             self.metric = metric
             self.best_so_far = best_so_far  # report the best value so far (reports_best_so_far)
             self.maximize = maximize
@@ -83,12 +83,16 @@ def trial_monitor_class(namespace: str) -> type:
             self.history_path = history_path  # rank 0: the curve so far, for a resume after SIGKILL
             self.pruned = False
             self.offline = False  # the storage was unreachable past the worker's wait: stop reporting
+            self.extras = extras  # (trainer, module) -> more values for the epoch's entry (see _diagnostics)
+            self.clock = clock  # _diagnostics.EpochClock: the trial's wall-time estimate, or None
             self._epoch_started = time.perf_counter()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._merge_train_metrics(trainer)
             self._save_history()
             self._epoch_started = time.perf_counter()
+            if self.clock is not None:
+                self.clock.epoch_started(trainer.current_epoch)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.sanity_checking:
@@ -103,11 +107,13 @@ def trial_monitor_class(namespace: str) -> type:
                                            "pick one of those")
             epoch = trainer.current_epoch
             entry = {"epoch": epoch, "time_s": round(time.perf_counter() - self._epoch_started, 4), **metrics}
+            for extra in self.extras:
+                entry.update(extra(trainer, pl_module))
             if self.history and self.history[-1]["epoch"] == epoch:
                 self.history[-1] = entry  # several validations per epoch: keep the last
             else:
                 self.history.append(entry)
-            self._print(entry, "")
+            self._print(entry, self.clock.after_epoch(epoch, trainer.max_epochs) if self.clock is not None else "")
             self._save_history()
             prune = False
             if self.trial is not None:

@@ -114,7 +114,10 @@ class Heartbeat:
     @contextlib.contextmanager
     def beating(self, trial_id: int) -> Iterator[None]:
         """Beat for ``trial_id`` until the block ends (its first beat within ``interval``: ask stamped it)."""
+        from sweeplight._diagnostics import PROGRESS
+
         with self._lock:
+            PROGRESS.take()  # an estimate left over from the worker's previous trial is not this one's
             self._trial = trial_id
         try:
             yield
@@ -126,13 +129,22 @@ class Heartbeat:
         global _beat_failed
         from optuna.exceptions import UpdateFinishedTrialError
 
+        from sweeplight._diagnostics import PROGRESS, PROGRESS_ATTR
+
         while not self._stop.wait(self.interval):
             with self._lock:
                 trial_id = self._trial
+                progress = PROGRESS.take() if trial_id is not None else None
             if trial_id is None:
                 continue
             try:
-                self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                if progress is None:
+                    self.study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+                else:  # the trial's wall-time estimate for `study status` rides along: one write, not two
+                    from sweeplight._writes import set_trial_attrs
+
+                    set_trial_attrs(self.study._storage, trial_id,
+                                    system={HEARTBEAT: time.time(), PROGRESS_ATTR: progress})
                 with ask_lock(self.study_dir):
                     fail_stale(self.study, self.interval)
             except UpdateFinishedTrialError:

@@ -44,15 +44,27 @@ def launch(
     workers: int | None = None,
     progress: bool = True,
     follow: bool = False,
+    warm_start: str | None = None,
 ) -> LaunchResult:
     """Create or resume the study and run it to its budget with local worker processes, or submit it as one SLURM
     job array and return (``follow`` waits, with a progress bar, until the study's jobs have ended).
 
     >>> result = launch("studies/digits.yaml", overrides=["budget.n_trials=4"])  # doctest: +SKIP
     >>> result.status.best_value  # doctest: +SKIP
+
+    ``warm_start``: another study (file or directory) whose finished trials seed this one (see ``_warm.py``).
     """
     spec = study if isinstance(study, StudySpec) else load_spec(study, overrides)
-    prepare(spec, progress=progress)
+    source = None
+    if warm_start is not None:
+        from sweeplight._warm import warm_source
+
+        source = warm_source(spec, warm_start)  # a different objective is refused before anything is created
+    optuna_study = prepare(spec, progress=progress)
+    if source is not None:
+        from sweeplight._warm import copy_trials
+
+        print(copy_trials(optuna_study, spec, source, warm_start), flush=True)
     directory = spec.directory
     launch_id = uuid.uuid4().hex[:12]
     deadline = time.time() + spec.budget.timeout if spec.budget.timeout else None
@@ -77,7 +89,7 @@ def launch(
         raise StudyStopped(f"study {spec.name!r} stopped: {reason}; see the failed trials' summary.json and "
                            f"{directory / 'workers'}")
     bad = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if bad and reason.startswith("budget.n_trials"):  # a worker died, yet the others finished its work
+    if bad and reason.startswith(("budget.n_trials", "grid done")):  # a worker died; the others did its work
         print(f"warning: worker {bad[0][0]} exited with code {bad[0][1]}; its trial was re-run by the others; log: "
               f"{logs[bad[0][0]]}", file=sys.stderr)
     elif bad:
@@ -97,6 +109,7 @@ def prepare(spec: StudySpec, *, progress: bool = True, clear_stop: bool = True) 
     from sweeplight._storage import create_or_load_study, missing_top, storage_warnings
     from sweeplight._summary import write_json_atomic
     from sweeplight._trial_resume import requeue
+    from sweeplight._warm import enqueue_configs
     from sweeplight._worker import STOP_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,6 +120,10 @@ def prepare(spec: StudySpec, *, progress: bool = True, clear_stop: bool = True) 
         check_cluster(spec.executor.slurm)  # a partition that does not exist, too much memory: before any trial
     for warning in storage_warnings(spec.storage):
         print(f"warning: {warning}", file=sys.stderr)
+    from sweeplight._constraints import sampler_notes
+
+    for note in sampler_notes(spec):
+        print(f"note: {note}", file=sys.stderr)
     directory = spec.directory
     new = missing_top(directory)  # removed again if anything below fails: a failed launch leaves nothing
     try:
@@ -124,6 +141,10 @@ def prepare(spec: StudySpec, *, progress: bool = True, clear_stop: bool = True) 
         optuna_study._storage.set_study_system_attr(optuna_study._study_id, STOP_ATTR, "")
     with ask_lock(directory):
         requeued = requeue(optuna_study)  # interrupted or stale trials continue from their last checkpoint
+        queued, held = enqueue_configs(optuna_study, spec)  # before any worker asks: they run first
+    if queued or held:
+        print(f"enqueue: queued {queued} of {len(spec.enqueue)} configurations ({held} already run or waiting)",
+              file=sys.stderr)
     if requeued:
         print(f"re-queued interrupted trials {requeued}; they resume from their last checkpoints", file=sys.stderr)
     return optuna_study
@@ -236,7 +257,7 @@ def _monitor(spec: StudySpec, procs: list[subprocess.Popen], progress: bool) -> 
 
 def _update(bar: Any, status: StudyStatus) -> None:
     counts = status.counts
-    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    finished = status.finished
     bar.n = min(finished, bar.total) if bar.total else finished
     best = f"{status.best_value:.4g}" if status.best_value is not None else "-"
     bar.set_postfix_str(f"complete={counts.get('COMPLETE', 0)} pruned={counts.get('PRUNED', 0)} "
@@ -261,10 +282,14 @@ def _stop(procs: list[subprocess.Popen], grace: float = 30.0) -> None:
 
 
 def _final_reason(spec: StudySpec, status: StudyStatus) -> str:
-    counts = status.counts
-    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    finished = status.finished  # trials copied by --warm-start do not count
     if status.failures_this_launch >= (spec.budget.max_failures or 10**9):
         return f"budget.max_failures={spec.budget.max_failures} reached"
+    if status.grid and status.grid["done"] >= status.grid["points"]:
+        return f"grid done ({status.grid['points']} points)"
+    for kind, use in status.resources.items():
+        if use["used"] >= use["limit"]:
+            return f"budget.{kind}={use['limit']:g} reached ({use['used']:.3g} used)"
     from sweeplight._worker import budget_trials  # not at the top: ``python -m sweeplight._worker`` imports us
 
     n_trials = budget_trials(spec)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeplight.analysis import BestTrial, StudyResults, best_trial, curves_frame, load_results, trials_frame
+from sweeplight.analysis import BestTrial, StudyResults, curves_frame, load_results, trials_frame
 
 if TYPE_CHECKING:
     import optuna
@@ -98,10 +98,12 @@ def trial_kind(state: str, stop_reason: str | None) -> str:
 
 def render_report(results: StudyResults, *, storage: str | None = None, now: datetime | None = None) -> str:
     """The whole page as a string (``write_report`` writes it)."""
+    from sweeplight._report_pareto import pareto_section
+
     data = _collect(results, storage, now or datetime.now())
-    sections = [_header(data), _history_section(data), _parallel_section(data), _importance_section(data),
-                _slice_contour_section(data), _curves_section(data), _table_section(data), _timing_section(data),
-                _timeline_section(data), _best_section(data)]
+    sections = [_header(data), _history_section(data), pareto_section(data), _parallel_section(data),
+                _importance_section(data), _slice_contour_section(data), _curves_section(data), _table_section(data),
+                _timing_section(data), _timeline_section(data), _best_section(data)]
     return _page(results.name, "\n".join(sections))
 
 
@@ -157,8 +159,10 @@ def _collect(results: StudyResults, storage: str | None, now: datetime) -> _Data
     trials = trials_frame(results)
     trials["kind"] = [trial_kind(state, reason) for state, reason in zip(trials["state"], trials["stop_reason"],
                                                                           strict=True)]
-    complete = [t for t in results.trials if t.state.name == "COMPLETE" and t.value is not None]
-    best = best_trial(results, write_rerun=False) if complete else None
+    from sweeplight._report_pareto import best_or_none
+
+    complete = [t for t in results.trials if t.state.name == "COMPLETE" and t.values is not None]
+    best = best_or_none(results) if complete else None
     study = _memory_study(results)
     importances, note = _importances(study, complete)
     return _Data(results=results, trials=trials, curves=curves_frame(results), study=study, best=best,
@@ -171,7 +175,9 @@ def _memory_study(results: StudyResults) -> optuna.Study:
 
     study = optuna.create_study(study_name=results.name, direction=results.direction,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    study.add_trials([t for t in results.trials if t.state.name in FINISHED])
+    from sweeplight._report_pareto import first_objective
+
+    study.add_trials([first_objective(t, results) for t in results.trials if t.state.name in FINISHED])
     return study
 
 
@@ -474,7 +480,8 @@ def _header(data: _Data) -> str:
     results = data.results
     counts = ", ".join(f"{data.count(s)} {s.lower()}" for s in STATES)
     best = (f"{data.metric} = {_fmt(data.best.value)} (trial {data.best.number})" if data.best else "none yet")
-    rows = [("objective", f"{data.metric} ({results.direction})"), ("trials", f"{len(data.trials)}: {counts}"),
+    goals = ", ".join(f"{m} ({d})" for m, d in zip(results.metrics, results.directions, strict=True))
+    rows = [("objective", goals), ("trials", f"{len(data.trials)}: {counts}"),
             ("best", best), ("storage", mask_url(data.storage) if data.storage else "unknown"),
             ("directory", str(results.directory) if results.directory else "unknown"),
             ("generated", data.now.strftime("%Y-%m-%d %H:%M:%S"))]
@@ -510,7 +517,9 @@ def _table_section(data: _Data) -> str:
     if not len(trials):
         return _section("trials", "Trials", _note("No trials yet."))
     params = sorted(c for c in trials.columns if c.startswith("params."))
-    columns = [*TABLE_COLUMNS[:3], *params, *TABLE_COLUMNS[3:]]
+    from sweeplight._report_pareto import table_columns
+
+    columns = [*TABLE_COLUMNS[:3], *table_columns(trials, data.results), *params, *TABLE_COLUMNS[3:]]
     if trials["error"].notna().any():
         columns.append("error")
     head = "".join(f'<th title="click to sort">{html.escape(c)}</th>' for c in columns)
@@ -529,7 +538,10 @@ def _table_row(row: dict[str, Any], columns: list[str]) -> str:
         sort = f' data-sort="{float(value)!r}"' if _is_number(value) else ""
         cells.append(f"<td{sort}>{html.escape(_fmt(value))}</td>")
     kind = str(row.get("kind", "")).replace(" ", "-")
-    return f'<tr class="kind-{html.escape(kind)}">' + "".join(cells) + "</tr>"
+    from sweeplight._report_pareto import broke
+
+    infeasible = " infeasible" if broke(row.get("feasible")) else ""  # a constraint broken
+    return f'<tr class="kind-{html.escape(kind)}{infeasible}">' + "".join(cells) + "</tr>"
 
 
 def _best_section(data: _Data) -> str:
@@ -663,6 +675,7 @@ td[data-sort] { text-align: right; font-variant-numeric: tabular-nums; }
 tr.kind-pruned td { background: #fdf0f0; } tr.kind-failed td { background: #f1f1f1; }
 tr.kind-early-stopped td { background: #f0f9f0; } tr.kind-running td { background: #f5f0fa; }
 table.best th { background: #eef1f6; }
+tr.infeasible td { color: #a31515; font-style: italic; }
 .trial-table-wrap { overflow-x: auto; }
 """
 

@@ -59,12 +59,14 @@ ROW_COLUMNS = ("lr_find", "swa", "host", "worker", "retry_of", "synced_from", "s
                "error", "checkpoint", "summary")
 # The trial attributes the frame shows.
 SYSTEM_KEYS = frozenset({"sweeplight:summary", "sweeplight:stop_reason", "sweeplight:epochs", "sweeplight:host",
-                         "sweeplight:worker", "sweeplight:synced_from", "sweeplight:error"})
+                         "sweeplight:worker", "sweeplight:synced_from", "sweeplight:error",
+                         "sweeplight:feasible"})
 RETRY_OF = "sweeplight:retry_of"
+FEASIBLE = "sweeplight:feasible"  # the trial met every constraint (studies with constraints)
 
 CACHE_DIR = ".sweeplight-cache"
 CACHE_ENV = "SWEEPLIGHT_ANALYSIS_CACHE"
-CACHE_FORMAT = 1  # bump when Parts or _Replay change what they keep
+CACHE_FORMAT = 2  # bump when Parts or _Replay change what they keep (2: sweeplight:feasible)
 RACY_NS = 3_000_000_000  # files changed this recently are parsed but not cached
 REWRITE_AT = 0.02  # rewrite the cache once this share of the trials (at least REWRITE_MIN) was parsed again
 REWRITE_MIN = 64
@@ -107,16 +109,25 @@ class Trials:
     started: Any  # datetime64[us] array of naive local times as Optuna gives them (NaT: unset), or a list
     finished: Any
     frozen: list[Any] | None = None  # Optuna's FrozenTrials, when they were read through Optuna
+    # Multi-objective studies only (read through Optuna): every direction, and every trial's values (``values``
+    # holds the first objective's).
+    directions: list[str] | None = None
+    all_values: list[list[float] | None] | None = None
 
     def __len__(self) -> int:
         return len(self.numbers)
 
 
-def from_frozen(name: str, direction: str, trials: list[Any]) -> Trials:
-    """The columns of Optuna's trials (the fallback, and StudyResults built by hand)."""
+def from_frozen(name: str, direction: str, trials: list[Any], directions: list[str] | None = None) -> Trials:
+    """The columns of Optuna's trials (the fallback, and StudyResults built by hand); ``directions`` for a
+    multi-objective study."""
+    several = directions is not None and len(directions) > 1
     return Trials(
+        directions=list(directions) if several else None,
+        all_values=[list(t.values) if t.values else None for t in trials] if several else None,
         name=name, direction=direction, numbers=[t.number for t in trials], states=[t.state.name for t in trials],
-        values=[t.value for t in trials], params=[t.params for t in trials],
+        values=[(t.values[0] if t.values else None) if several else t.value for t in trials],
+        params=[t.params for t in trials],
         user=[{k: v for k, v in t.user_attrs.items() if k == RETRY_OF or k.startswith("test_")} for t in trials],
         system=[{k: v for k, v in t.system_attrs.items() if k in SYSTEM_KEYS} for t in trials],
         started=_naive_datetimes([t.datetime_start for t in trials]),

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _SAMPLERS = {
     "tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
-    "gp": "GPSampler", "qmc": "QMCSampler", "nsgaii": "NSGAIISampler",
+    "gp": "GPSampler", "qmc": "QMCSampler", "nsgaii": "NSGAIISampler", "nsgaiii": "NSGAIIISampler",
 }
 _PRUNERS = {
     "none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from sweeplight._constraints import Constraint, check_search, parse_constraints
+from sweeplight._diagnostics_spec import Diagnostics, parse_diagnostics
 from sweeplight._errors import SpecError
 from sweeplight._fields import (
     as_mapping,
@@ -32,11 +34,12 @@ from sweeplight._fields import (
 )
 from sweeplight._space import Param, parse_space
 from sweeplight._trainer_spec import TrainerConfig, parse_trainer
+from sweeplight._warm import parse_enqueue
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsgaii")
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc", "nsgaii", "nsgaiii")
 PRUNERS = ("none", "median", "percentile", "successive_halving", "hyperband", "threshold", "patient")
 _TOP_KEYS = ("name", "root", "storage", "model", "data", "objective", "search_space", "sampler", "pruner", "budget",
-             "trainer", "executor", "slurm")
+             "trainer", "executor", "slurm", "constraints", "enqueue", "diagnostics")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MAX_VALUES = 100_000  # after YAML aliases are expanded: a "billion laughs" file is refused, not expanded
 _MAX_DEPTH = 50
@@ -97,6 +100,8 @@ class Budget:
     n_trials: int | None = None  # finished (complete + pruned) trials, all workers together
     timeout: float | None = None  # seconds from launch; running trials finish, no new ones start
     max_failures: int | None = 5  # failed trials that stop the study; null for no limit
+    cpu_hours: float | None = None  # wall time x CPUs, summed over every trial (see _resources.py)
+    gpu_hours: float | None = None  # wall time x GPUs, likewise
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,20 @@ class StudySpec:
     executor: Executor
     base_dir: Path  # the study file's directory: relative model/data paths start here
     raw: dict[str, Any]  # the resolved mapping (overrides applied), written next to the study
+    # Every objective in order (``objective`` is the first: what single-objective code paths use); more than one
+    # makes a multi-objective study. Empty only for a StudySpec built by hand: see ``all_objectives``.
+    objectives: tuple[Objective, ...] = ()
+    constraints: tuple[Constraint, ...] = ()  # the trial is feasible when all hold
+    enqueue: tuple[dict[str, Any], ...] = ()  # configurations queued before sampling (see _warm.py)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)  # what each trial measures (see _diagnostics.py)
+
+    @property
+    def all_objectives(self) -> tuple[Objective, ...]:
+        return self.objectives or (self.objective,)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.all_objectives) > 1
 
     @property
     def directory(self) -> Path:
@@ -248,7 +267,8 @@ def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
         raise SpecError("root", f"cannot use {show(root_text)}: {one_line(exc.strerror or str(exc))}") from None
     if is_file:
         raise SpecError("root", f"{str(root)!r} is a file, not a directory; point root at a directory")
-    objective = _parse_objective(raw.get("objective"))
+    objectives = _parse_objectives(raw.get("objective"))
+    objective = objectives[0]
     search_space = parse_space(raw.get("search_space"))
     trainer = parse_trainer(raw.get("trainer"), objective, search_space)
     spec = StudySpec(
@@ -260,13 +280,20 @@ def parse_spec(raw: dict[str, Any], base_dir: Path) -> StudySpec:
         objective=objective,
         search_space=search_space,
         sampler=_parse_named(raw.get("sampler", "tpe"), "sampler", SAMPLERS),
-        pruner=_parse_named(raw.get("pruner", "median"), "pruner", PRUNERS),
-        budget=_parse_budget(raw.get("budget")),
+        # Optuna cannot prune a multi-objective study: no pruner unless one is named (check_search refuses it)
+        pruner=_parse_named(raw.get("pruner", "none" if len(objectives) > 1 else "median"), "pruner", PRUNERS),
+        budget=_parse_budget(raw.get("budget"), grid=_is_grid(raw.get("sampler")), trainer=trainer),
         trainer=trainer,
         executor=_parse_executor(raw.get("executor", "local"), raw.get("slurm"), trainer),
         base_dir=base_dir,
         raw=raw,
+        objectives=objectives,
+        constraints=parse_constraints(raw.get("constraints")),
+        enqueue=parse_enqueue(raw.get("enqueue"), search_space, grid=_is_grid(raw.get("sampler"))),
+        diagnostics=parse_diagnostics(raw.get("diagnostics")),
     )
+    check_search(objectives=objectives, constraints=spec.constraints, sampler=spec.sampler.name,
+                 pruner=spec.pruner.name)
     from sweeplight._storage import resolve_storage_url
 
     storage = resolve_storage_url(raw.get("storage"), spec.directory, base_dir)
@@ -287,22 +314,35 @@ def _parse_component(raw: Any, where: str) -> Component:
     return Component(target=target, args=as_mapping(mapping.get("args"), f"{where}.args"))
 
 
-def _parse_objective(raw: Any) -> Objective:
+def _parse_objectives(raw: Any) -> tuple[Objective, ...]:
+    """One mapping, or a list of them for a multi-objective study (the first one picks the epoch and checkpoint)."""
     if raw is None:
         raise SpecError("objective", "is required, e.g. {metric: val_acc, direction: maximize}")
-    if isinstance(raw, list) or (isinstance(raw, dict) and any(isinstance(raw.get(k), list)
-                                                               for k in ("metric", "direction"))):
-        raise SpecError("objective", "multi-objective studies are not supported yet; give one metric "
-                        "(e.g. {metric: val_acc, direction: maximize}) and log the others as plain metrics")
+    if isinstance(raw, dict) and any(isinstance(raw.get(k), list) for k in ("metric", "direction")):
+        raise SpecError("objective", "give several objectives as a list of mappings, e.g. [{metric: val_acc, "
+                        "direction: maximize}, {metric: param_count, direction: minimize}]")
+    if not isinstance(raw, list):
+        return (_parse_objective(raw, "objective"),)
+    if not raw:
+        raise SpecError("objective", "is an empty list; give at least one {metric: ..., direction: ...}")
+    objectives = tuple(_parse_objective(item, f"objective[{index}]") for index, item in enumerate(raw))
+    for index, item in enumerate(raw[1:], start=1):
+        if "value" in item:
+            raise SpecError(f"objective[{index}].value", "every objective is read from the epoch the first one "
+                            "picks; give value on objective[0] only")
+    return objectives
+
+
+def _parse_objective(raw: Any, where: str) -> Objective:
     if isinstance(raw, str):
-        raise SpecError("objective", f"got {show(raw)}; give the metric and its direction, e.g. "
+        raise SpecError(where, f"got {show(raw)}; give the metric and its direction, e.g. "
                         "{metric: val_acc, direction: maximize}")
-    mapping = as_mapping(raw, "objective")
-    check_keys(mapping, ("metric", "direction", "value"), "objective")
+    mapping = as_mapping(raw, where)
+    check_keys(mapping, ("metric", "direction", "value"), where)
     return Objective(
-        metric=get_str(mapping, "metric", "objective"),
-        direction=get_choice(mapping, "direction", "objective", ("maximize", "minimize")),
-        value=get_choice(mapping, "value", "objective", ("best", "last"), "best"),
+        metric=get_str(mapping, "metric", where),
+        direction=get_choice(mapping, "direction", where, ("maximize", "minimize")),
+        value=get_choice(mapping, "value", where, ("best", "last"), "best"),
     )
 
 
@@ -321,18 +361,33 @@ def _parse_named(raw: Any, where: str, allowed: tuple[str, ...]) -> Named:
     return Named(name=name, options=as_mapping(mapping.get("options"), f"{where}.options"), seed=seed)
 
 
-def _parse_budget(raw: Any) -> Budget:
+def _parse_budget(raw: Any, *, grid: bool = False, trainer: TrainerConfig | None = None) -> Budget:
     mapping = as_mapping(raw, "budget")
-    check_keys(mapping, ("n_trials", "timeout", "max_failures"), "budget")
+    check_keys(mapping, ("n_trials", "timeout", "max_failures", "cpu_hours", "gpu_hours"), "budget")
+    hours = {}
+    for key in ("cpu_hours", "gpu_hours"):
+        hours[key] = get_number(mapping, key, "budget", None)
+        if hours[key] is not None and hours[key] <= 0:
+            raise SpecError(f"budget.{key}", f"must be > 0, got {show(hours[key])}; leave it out for no limit")
     budget = Budget(
         n_trials=get_int(mapping, "n_trials", "budget", None, minimum=1),
         timeout=parse_duration(mapping.get("timeout"), "budget.timeout"),
         max_failures=None if "max_failures" in mapping and mapping["max_failures"] is None else get_int(
             mapping, "max_failures", "budget", 5, minimum=1),
+        cpu_hours=None if hours["cpu_hours"] is None else float(hours["cpu_hours"]),
+        gpu_hours=None if hours["gpu_hours"] is None else float(hours["gpu_hours"]),
     )
-    if budget.n_trials is None and budget.timeout is None:
-        raise SpecError("budget", "give n_trials or timeout (or both), or the study would never end")
+    if budget.gpu_hours is not None and trainer is not None and str(trainer.accelerator).lower() in ("cpu", "mps"):
+        raise SpecError("budget.gpu_hours", f"trainer.accelerator is {trainer.accelerator}, so trials use no GPU and "
+                        "this budget is never spent; use budget.cpu_hours")
+    if not grid and all(v is None for v in (budget.n_trials, budget.timeout, budget.cpu_hours, budget.gpu_hours)):
+        raise SpecError("budget", "give n_trials, timeout, cpu_hours or gpu_hours, or the study would never end")
     return budget
+
+
+def _is_grid(raw: Any) -> bool:
+    """The grid sampler, which ends a study by itself (each grid point once), so no budget is required."""
+    return raw == "grid" or (isinstance(raw, dict) and raw.get("name") == "grid")
 
 
 def _parse_executor(raw: Any, slurm: Any, trainer: TrainerConfig) -> Executor:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeplight._diagnostics import PROGRESS_ATTR, eta_fields, eta_text
+from sweeplight._grid import trial_budget
+from sweeplight._resources import LABELS, budget_status, has_budget
 from sweeplight._slurm_jobs import SLURM_JOB, job_states, log_path, read_jobs
 from sweeplight._spec import StudySpec, load_spec
 
@@ -30,6 +33,13 @@ class RunningTrial:
     heartbeat_age_s: float | None
     slurm_job: str | None = None  # the array task running it
     log: str | None = None  # that task's log file
+    # diagnostics.epoch_timing (see _diagnostics.eta_fields): seconds since the trial started, and once 2 epochs
+    # are timed the epochs planned, the mean epoch time, the estimated time left and in all (None before)
+    elapsed_s: float | None = None
+    max_epochs: int | None = None
+    epoch_s: float | None = None
+    remaining_s: float | None = None
+    total_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,16 @@ class StudyStatus:
     stopped_message: str = ""
     failures_this_launch: int = 0
     jobs: list[dict[str, Any]] = field(default_factory=list)  # the study's SLURM array tasks: key, state, ...
+    warm_started: int = 0  # finished trials copied by --warm-start: in counts, not in finished
+    grid: dict[str, int] | None = None  # grid sampler: {"points": N, "done": D}
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)  # {"cpu_hours": {"used", "limit"}}
+    objectives: list[str] = field(default_factory=list)  # "maximize val_acc", one per objective
+    pareto: list[dict[str, Any]] = field(default_factory=list)  # multi-objective: {number, values, params}
 
     @property
     def finished(self) -> int:
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+        """Finished trials that ran in this study: what ``budget.n_trials`` counts."""
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0) - self.warm_started
 
 
 def failed_in_launch(trials: list, launch_id: str | None) -> int:
@@ -81,8 +97,13 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
     from sweeplight._storage import mask_url
 
     spec = resolve(target)
-    snapshot = None if launch_id else read_fast(spec.storage, spec.name, spec.objective.direction)
+    # Grid progress and resource use need every trial: those studies are read through Optuna.
+    every_trial = launch_id or spec.sampler.name == "grid" or has_budget(spec)
+    every_trial = every_trial or spec.multi_objective or bool(spec.constraints)  # the front, feasibility
+    snapshot = None if every_trial else read_fast(spec.storage, spec.name, spec.objective.direction)
     failures = 0
+    grid, resources = None, {}
+    pareto: list[dict[str, Any]] = []
     if snapshot is None:
         from sweeplight._storage import load_study
 
@@ -90,6 +111,17 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         trials = study.get_trials(deepcopy=False)
         snapshot = read_optuna(study, trials)
         failures = failed_in_launch(trials, launch_id)
+        if spec.sampler.name == "grid":
+            from sweeplight._grid import grid_state
+
+            state = grid_state(spec.search_space, trials)
+            grid = {"points": state.size, "done": state.done}
+        resources = budget_status(spec, trials)
+        if spec.multi_objective or spec.constraints:  # the best feasible trial, or the Pareto front
+            from sweeplight._pareto import status_front
+
+            front_best, pareto = status_front(spec, trials)
+            snapshot = dataclasses.replace(snapshot, best=front_best)
     counts = {state: 0 for state in STATES}
     counts.update(snapshot.counts)
     now = time.time()
@@ -101,16 +133,19 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         running.append(RunningTrial(slurm_job=job, log=str(log_path(spec.directory, job)) if job else None,
             number=t.number, worker=attrs.get("sweeplight:worker"), host=attrs.get("sweeplight:host"),
             pid=attrs.get("sweeplight:pid"), started=t.started, last_epoch=t.last_step, last_value=t.last_value,
-            heartbeat_age_s=round(now - beat, 1) if beat else None))
+            heartbeat_age_s=round(now - beat, 1) if beat else None,
+            **eta_fields(attrs.get(PROGRESS_ATTR), t.started, now)))
     jobs = [dataclasses.asdict(j) for j in job_states(spec.directory)] if read_jobs(spec.directory) else []
     best = snapshot.best
     return StudyStatus(
         name=spec.name, storage=mask_url(spec.storage), metric=spec.objective.metric,
-        direction=spec.objective.direction, n_trials=spec.budget.n_trials, counts=counts,
+        direction=spec.objective.direction, n_trials=trial_budget(spec), counts=counts,
         best_number=best.number if best else None, best_value=best.value if best else None,
         best_params=dict(best.params) if best else {}, running=running,
         best_test={k: v for k, v in best.user_attrs.items() if k.startswith("test")} if best else {},
-        stopped_message=snapshot.stopped, failures_this_launch=failures, jobs=jobs)
+        stopped_message=snapshot.stopped, failures_this_launch=failures, jobs=jobs,
+        warm_started=snapshot.warm_started, grid=grid, resources=resources,
+        objectives=[f"{o.direction} {o.metric}" for o in spec.all_objectives], pareto=pareto)
 
 
 def format_status(status: StudyStatus) -> str:
@@ -120,13 +155,25 @@ def format_status(status: StudyStatus) -> str:
         f"study {status.name}  ({status.direction} {status.metric})  storage {status.storage}",
         f"finished {status.finished}{budget}: " + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATES),
     ]
-    if status.best_number is not None:
+    if len(status.objectives) > 1:  # a multi-objective study: the front instead of one best trial
+        from sweeplight._pareto import format_front_line
+
+        lines[0] = f"study {status.name}  ({', '.join(status.objectives)})  storage {status.storage}"
+        lines.append(format_front_line(status.pareto))
+    elif status.best_number is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in status.best_params.items())
         tested = "".join(f"  {k}={_fmt(v)}" for k, v in status.best_test.items())
         value = _fmt(status.best_value)
         lines.append(f"best: trial {status.best_number}  {status.metric}={value}{tested}  {params}")
     else:
         lines.append("best: none yet (no complete trial)")
+    if status.warm_started:
+        lines.append(f"warm start: {status.warm_started} finished trials copied from another study (not counted)")
+    if status.grid:
+        lines.append(f"grid: {status.grid['done']} of {status.grid['points']} points done")
+    for kind, use in status.resources.items():
+        digits = 2 if use["limit"] >= 0.1 else 4  # a small test budget still shows its progress
+        lines.append(f"{LABELS[kind]} {use['used']:.{digits}f} / {use['limit']:.{digits}f}")
     if status.stopped_message:
         lines.append(f"stopped: {status.stopped_message}")
     if status.jobs:
@@ -140,10 +187,12 @@ def format_status(status: StudyStatus) -> str:
         where = f"worker {r.worker} on {r.host} pid {r.pid}" if r.host else "worker ?"
         if r.slurm_job:
             where = f"job {r.slurm_job} on {r.host}  log {r.log}"
-        epoch = f"epoch {r.last_epoch} {status.metric}={_fmt(r.last_value)}" if r.last_epoch is not None else \
-            "no epoch yet"
+        done = f" ({r.last_epoch + 1}/{r.max_epochs})" if r.last_epoch is not None and r.max_epochs else ""
+        epoch = f"epoch {r.last_epoch}{done} {status.metric}={_fmt(r.last_value)}" if r.last_epoch is not None \
+            else "no epoch yet"
+        timing = eta_text(dataclasses.asdict(r))
         beat = f"heartbeat {r.heartbeat_age_s:.0f} s ago" if r.heartbeat_age_s is not None else ""
-        lines.append(f"running: trial {r.number}  {where}  {epoch}  {beat}".rstrip())
+        lines.append(f"running: trial {r.number}  {where}  {epoch}  {timing}  {beat}".rstrip())
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from sweeplight._storage import expand_env, storage_file
 
 SCHEMA_VERSION = 12  # Optuna's RDB schema the fast reader was written against (Optuna 4.x and 5.x)
 STOPPED = "sweeplight:stopped"
+WARM_COUNT = "sweeplight:warm_started"  # as sweeplight._warm.WARM_COUNT: trials copied by --warm-start
 Query = Callable[[str, dict[str, Any]], list[Any]]
 T = TypeVar("T")
 
@@ -48,6 +49,7 @@ class Snapshot:
     best: TrialView | None
     running: list[TrialView]
     stopped: str
+    warm_started: int = 0  # finished trials copied by --warm-start (the study attribute WARM_COUNT)
 
 
 def read_fast(url: str, study_name: str, direction: str) -> Snapshot | None:
@@ -116,7 +118,10 @@ def _read(query: Query, study_name: str, direction: str) -> Snapshot | None:
             last_step=steps[0][0] if steps else None, last_value=_value(steps[0][1], steps[0][2]) if steps else None))
     stopped = query("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k",
                     {**study, "k": STOPPED})
-    return Snapshot(counts=counts, best=best, running=running, stopped=json.loads(stopped[0][0]) if stopped else "")
+    copied = query("SELECT value_json FROM study_system_attributes WHERE study_id = :s AND key = :k",
+                   {**study, "k": WARM_COUNT})
+    return Snapshot(counts=counts, best=best, running=running, stopped=json.loads(stopped[0][0]) if stopped else "",
+                    warm_started=int(json.loads(copied[0][0])) if copied else 0)
 
 
 def _value(value: float | None, kind: str) -> float | None:
@@ -165,7 +170,8 @@ def read_optuna(study: Any, trials: list[Any] | None = None) -> Snapshot:
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    multi = study._is_multi_objective()  # no single best: the caller shows the Pareto front (sweeplight._pareto)
+    complete = [] if multi else [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = None
     if complete:
         pick = max if study.direction.name == "MAXIMIZE" else min
@@ -180,6 +186,7 @@ def read_optuna(study: Any, trials: list[Any] | None = None) -> Snapshot:
             number=t.number, system_attrs=dict(t.system_attrs), last_step=last,
             started=t.datetime_start.timestamp() if t.datetime_start else None,
             last_value=t.intermediate_values.get(last) if last is not None else None))
-    stopped = study._storage.get_study_system_attrs(study._study_id).get(STOPPED) or ""
-    return Snapshot(counts=counts, best=best, running=running, stopped=stopped)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return Snapshot(counts=counts, best=best, running=running, stopped=attrs.get(STOPPED) or "",
+                    warm_started=int(attrs.get(WARM_COUNT) or 0))
 

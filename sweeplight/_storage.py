@@ -333,7 +333,8 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
 
     created = _new_paths(spec.storage)
     storage = open_storage(spec.storage)
-    direction = spec.objective.direction
+    directions = [objective.direction for objective in spec.all_objectives]
+    direction = ", ".join(directions)
     space = json.loads(json.dumps(describe(spec.search_space)))  # as it reads back from the storage
     try:
         existing = storage.get_all_studies()
@@ -343,10 +344,11 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
                            ) from None
     summary = next((s for s in existing if s.study_name == spec.name), None)
     if summary is not None:
-        if summary.direction.name.lower() != direction:
+        stored = ", ".join(d.name.lower() for d in summary.directions)  # one per objective
+        if stored != direction:
             raise StorageError(
                 f"objective.direction: study {spec.name!r} already exists in {mask_url(spec.storage)!r} with "
-                f"direction {summary.direction.name.lower()}, not {direction}; rename the study or use another "
+                f"direction {stored}, not {direction}; rename the study or use another "
                 "storage")
         old = summary.system_attrs.get(SPACE_ATTR)
         changes = space_changes(old, space) if old is not None else []
@@ -356,7 +358,7 @@ def create_or_load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = 
                 f"{'; '.join(changes)[:400]}); to search the new space give the study a new name (name: "
                 f"{spec.name}-2), or restore the old space to resume")
     try:
-        study = optuna.create_study(study_name=spec.name, storage=storage, direction=direction, sampler=sampler,
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions, sampler=sampler,
                                     pruner=pruner, load_if_exists=True)
         if summary is None or summary.system_attrs.get(SPACE_ATTR) is None:
             study._storage.set_study_system_attr(study._study_id, SPACE_ATTR, space)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeplight._constraints import constraint_attrs, told_values
+
 SUMMARY_ATTR = "sweeplight:summary"
 SYNCED_FROM = "sweeplight:synced_from"  # on a trial added from a summary: the number of the trial that ran it
 
@@ -79,7 +81,7 @@ def finish(study: Any, trial: Any, summary: dict[str, Any], path: Path) -> None:
             if int(step) not in trial.intermediate_values and value is not None:
                 storage.set_trial_intermediate_value(trial._trial_id, int(step), float(value))
         state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(summary["state"], TrialState.FAIL)
-        value = summary["objective"]["value"] if state == TrialState.COMPLETE else None
+        value = told_values(summary) if state == TrialState.COMPLETE else None  # a list with several objectives
         if state == TrialState.COMPLETE and value is None:
             state = TrialState.FAIL
         study.tell(trial.number, value, state=state, skip_if_finished=True)
@@ -102,10 +104,11 @@ def add(study: Any, spec: Any, summary: dict[str, Any], path: Path) -> int:
                      if p.name in params and p.distribution() is not None}
     steps = {int(k): float(v) for k, v in (summary.get("intermediate_values") or {}).items()}
     state = TrialState.COMPLETE if summary["state"] == "COMPLETE" else TrialState.PRUNED
-    value = summary["objective"]["value"] if state == TrialState.COMPLETE else (steps[max(steps)] if steps else None)
+    value = told_values(summary) if state == TrialState.COMPLETE else (steps[max(steps)] if steps else None)
     number = int(summary["trial"])
+    several = {"values": value} if isinstance(value, list) else {"value": value}
     trial = optuna.trial.create_trial(
-        params={k: params[k] for k in distributions}, distributions=distributions, value=value, state=state,
+        params={k: params[k] for k in distributions}, distributions=distributions, **several, state=state,
         intermediate_values=steps, user_attrs=test_metrics(summary),
         system_attrs={**result_attrs(summary, path), SYNCED_FROM: number})
     study.add_trial(trial)
@@ -128,8 +131,10 @@ def _recorded(trials: list, path: Path, same_trial: Any, state: str) -> bool:
 def result_attrs(summary: dict[str, Any], path: Path) -> dict[str, Any]:
     """The trial system attributes a result carries (the worker writes the same before its tell)."""
     attrs = {"sweeplight:stop_reason": summary.get("stop_reason"), SUMMARY_ATTR: str(path),
-             "sweeplight:epochs": summary.get("epochs"), "sweeplight:error": (summary.get("error") or "")[:2000]}
-    return {k: v for k, v in attrs.items() if v not in (None, "")}
+             "sweeplight:epochs": summary.get("epochs"), "sweeplight:error": (summary.get("error") or "")[:2000],
+             "sweeplight:resources": summary.get("resources")}  # what resource budgets sum (_resources.py)
+    # Optuna's samplers read a finished trial's "constraints": they go in the same write as its final state
+    return {**{k: v for k, v in attrs.items() if v not in (None, "")}, **constraint_attrs(summary)}
 
 
 def test_metrics(summary: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from sweeplight._callbacks import (
     trial_monitor_class,
 )
 from sweeplight._check import Components, split_params
+from sweeplight._constraints import own_metrics, score
+from sweeplight._diagnostics import TrialDiagnostics, summary_fields_without
 from sweeplight._errors import TrialConfigError
 from sweeplight._spec import StudySpec
 from sweeplight._summary import (
@@ -61,6 +63,12 @@ class TrialOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
     config_error: TrialConfigError | None = None  # the study itself is misconfigured: stop every worker
     interrupted: bool = False
+    values: list[float] | None = None  # every objective's value (multi-objective studies); value is the first
+
+    @property
+    def told(self) -> float | list[float] | None:
+        """What the study is told for a COMPLETE trial: the value, or every objective's value."""
+        return self.values if self.values is not None and len(self.values) > 1 else self.value
 
 
 def run_trial(
@@ -80,7 +88,7 @@ def run_trial(
     reset_peak_rss()
     _reset_gpu_peak()
     state, error, config_error, stop_reason, interrupted = "FAIL", None, None, "failed", False
-    monitor = trainer = early_stopping = checkpoint = config = None
+    monitor = trainer = early_stopping = checkpoint = config = diagnostics = None
     lr_info: dict[str, Any] | None = None
     test_metrics: dict[str, float] = {}
     param_count = None
@@ -92,18 +100,22 @@ def run_trial(
         model = components.model_cls(**model_kwargs)
         param_count = sum(p.numel() for p in model.parameters())
         required = (config.early_stopping["monitor"],) if config.early_stopping else ()
+        diagnostics = TrialDiagnostics(pl, spec.diagnostics, trial_dir=trial_dir, number=number, trial_started=clock,
+                                       rank=rank, stops_early=bool(config.early_stopping) or spec.pruner.name != "none")
+        reporting = trial if not spec.multi_objective else None  # Optuna cannot report or prune several objectives
         monitor = trial_monitor_class(components.namespace)(
-            metric=spec.objective.metric, required=required, trial=trial, number=number, verbose=rank == 0,
+            metric=spec.objective.metric, required=required, trial=reporting, number=number, verbose=rank == 0,
             history_path=trial_dir / HISTORY_FILE if rank == 0 else None, best_so_far=reports_best_so_far(spec),
-            maximize=spec.objective.direction == "maximize")
+            maximize=spec.objective.direction == "maximize", extras=diagnostics.extras, clock=diagnostics.clock)
         if resume is not None:
             monitor.history = [dict(h) for h in resume.history]
-            if trial is not None:
+            if reporting is not None:
                 known = trial.storage.get_trial(trial._trial_id).intermediate_values  # the same trial resumed
                 for epoch, value in _reported(spec, resume.history).items():  # the pruner sees the whole curve
                     if value is not None and epoch not in known:
                         trial.report(value, step=epoch)
         callbacks, early_stopping, checkpoint = _callbacks(pl, config, monitor, trial_dir, spec)
+        callbacks.extend(diagnostics.callbacks)
         logger = pl.loggers.TensorBoardLogger(save_dir=str(trial_dir.parent), name="", version=trial_dir.name,
                                               default_hp_metric=False)
         try:
@@ -111,7 +123,8 @@ def run_trial(
                 max_epochs=config.max_epochs, min_epochs=config.min_epochs, precision=config.precision,
                 accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
                 callbacks=callbacks, logger=logger, default_root_dir=str(trial_dir),
-                enable_progress_bar=config.enable_progress_bar, **_with_cluster(pl, config.args, spec))
+                enable_progress_bar=config.enable_progress_bar,
+                **_with_cluster(pl, {**diagnostics.trainer_defaults, **config.args}, spec))
         except Exception as exc:
             raise TrialConfigError(f"trainer: Lightning rejected the configuration: {exc}") from exc
         with _fastpath.installed(components.namespace):
@@ -138,6 +151,13 @@ def run_trial(
     if state == "COMPLETE" and value is None:
         state, stop_reason = "FAIL", "failed"
         error = f"no validation epoch logged {spec.objective.metric!r}; the trial cannot be scored"
+    own = own_metrics(param_count, history)
+    scored = score(spec.all_objectives, spec.constraints, value,
+                   _best_metrics(history, spec) if spec.objective.value == "best" else _last(history), own)
+    if state == "COMPLETE" and scored.missing is not None:  # another objective or a constraint cannot be scored
+        state, stop_reason, error = "FAIL", "failed", scored.missing
+        if config_error is None and "never logs" in scored.missing:
+            config_error = TrialConfigError(scored.missing)
     summary = {
         "schema_version": SCHEMA_VERSION,
         "study": spec.name,
@@ -146,6 +166,11 @@ def run_trial(
         "params": dict(params),
         "objective": {"metric": spec.objective.metric, "direction": spec.objective.direction,
                       "which": spec.objective.value, "value": value},
+        "objectives": [{"metric": o.metric, "direction": o.direction,
+                        "value": scored.values[i] if scored.values is not None else (value if i == 0 else None)}
+                       for i, o in enumerate(spec.all_objectives)],
+        "constraints": scored.constraints,  # [{constraint, metric, value, violation}]: violation <= 0 holds
+        "feasible": scored.feasible,
         "metrics": {"best": _best_metrics(history, spec), "last": _last(history), "test": test_metrics},
         "history": history,
         "intermediate_values": {str(epoch): value for epoch, value in _reported(spec, history).items()},
@@ -166,11 +191,13 @@ def run_trial(
         "strategy": config.strategy if config else None,
         "seed": config.seed if config else None,
         "param_count": param_count,
+        "epoch_time_s": own.get("epoch_time"),
         "wall_time_s": round(time.perf_counter() - clock, 3),
         "epoch_times_s": [h["time_s"] for h in history],
         "peak_rss_mb": peak_rss_mb(),
-        "peak_gpu_mem_mb": _gpu_peak(),
+        "peak_gpu_mem_mb": diagnostics.gpu_peak_mb(_gpu_peak()) if diagnostics is not None else _gpu_peak(),
         "torch_threads": _torch_threads(),
+        **(diagnostics.summary_fields() if diagnostics is not None else summary_fields_without(spec.diagnostics)),
         "started_at": started,
         "finished_at": time.time(),
         "versions": versions(),
@@ -179,7 +206,7 @@ def run_trial(
         **host_context(),
     }
     return TrialOutcome(state=state, value=value, summary=summary, config_error=config_error,
-                        interrupted=interrupted)
+                        interrupted=interrupted, values=scored.values)
 
 
 def _callbacks(pl: Any, config: TrainerConfig, monitor: Any, trial_dir: Path, spec: StudySpec) -> tuple:

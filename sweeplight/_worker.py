@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sweeplight._errors import SweeplightError
+from sweeplight._grid import FIXED_PARAMS, grid_state, trial_budget
 from sweeplight._heartbeat import HEARTBEAT, REQUEUED_AT, Heartbeat, ask_lock, fail_stale
+from sweeplight._record import begin_worker, write_record
+from sweeplight._resources import budget_reason, trial_devices, trial_use
 from sweeplight._retrying import is_transient
 from sweeplight._slurm_jobs import SLURM_JOB, task_key
 from sweeplight._spec import spec_from_dir
@@ -32,6 +35,7 @@ from sweeplight._status import failed_in_launch
 from sweeplight._storage import mask_url
 from sweeplight._summary import Durability
 from sweeplight._trial_resume import continue_own, requeue, resume_for
+from sweeplight._warm import WARM_FROM
 
 STOP_ATTR = "sweeplight:stopped"  # study system attr: why every worker must stop (a config error)
 # Seconds a worker waits out a storage outage before it gives up (its result stays in summary.json for `study sync`).
@@ -40,6 +44,8 @@ DURABILITY = Durability()  # summaries fsynced off the critical path
 EXIT_STORAGE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 143
+# Stop reasons under which a worker stays while other trials run, in case one dies and must be re-run.
+LINGER_REASONS = ("budget.n_trials", "grid: every point taken")
 
 # Runs one trial: (spec, trial, params, trial directory, resume or None) -> TrialOutcome.
 Runner = Callable[[Any, Any, dict, Path, Any], Any]
@@ -89,6 +95,7 @@ def work(study_dir: Path, *, launch_id: str, deadline: float | None, worker: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = spec_from_dir(study_dir)
     runner = runner or LightningRunner(spec)
+    begin_worker(spec, worker=worker)  # its trials' record.json name the worker's sampler seed
     study = load_study(spec, sampler=build_sampler(spec, worker=worker), pruner=build_pruner(spec),
                        max_wait=STORAGE_MAX_WAIT)
     # Heartbeats go through the same opened storage without the retrying wrapper, so they fail fast instead of
@@ -115,22 +122,23 @@ def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, 
         if code is not None:
             return code
     host = os.uname().nodename
+    devices = trial_devices(spec)  # stamped on each trial: running trials count toward resource budgets
     while True:
         with ask_lock(spec.directory):
             trials = live_trials(study, spec)
             reason = stop_reason(study, spec, launch_id=launch_id, deadline=deadline, trials=trials)
-            lingering = reason is not None and reason.startswith("budget.n_trials") and _others_running(
+            lingering = reason is not None and reason.startswith(LINGER_REASONS) and _others_running(
                 trials, spec.executor.heartbeat_interval)
             if reason is not None and not lingering:
                 print(f"worker {worker}: stopping ({reason})", flush=True)
                 return EXIT_CONFIG if reason.startswith("config error") else 0
             if not lingering:
                 stamp = {HEARTBEAT: time.time(), "sweeplight:launch": launch_id, "sweeplight:worker": worker,
-                         "sweeplight:pid": os.getpid(), "sweeplight:host": host}
+                         "sweeplight:pid": os.getpid(), "sweeplight:host": host, **devices}
                 if job:
                     stamp[SLURM_JOB] = job
                 with _signals_deferred():  # a trial asked is stamped with its heartbeat before anything else
-                    trial, waiting = ask(study, trials, stamp)
+                    trial, waiting = ask(study, trials, stamp, fixed=_grid_point(spec, trials))
                 params = sample(spec.search_space, trial)
         if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
             time.sleep(min(1.0, spec.executor.heartbeat_interval))
@@ -141,7 +149,7 @@ def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, 
             return code
 
 
-def ask(study: Any, trials: list, stamp: dict[str, Any]) -> tuple[Any, Any]:
+def ask(study: Any, trials: list, stamp: dict[str, Any], *, fixed: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """``study.ask()`` with the worker's stamp written at once: (trial, the re-queued trial it took from the queue,
     or None for a new one).
 
@@ -167,6 +175,8 @@ def ask(study: Any, trials: list, stamp: dict[str, Any]) -> tuple[Any, Any]:
             continue
         set_trial_attrs(storage, waiting._trial_id, system=stamp)
         return optuna.Trial(study, waiting._trial_id), waiting
+    if fixed is not None:  # a grid point, fixed on the trial before the sampler sees it (see _grid.py)
+        stamp = {**stamp, FIXED_PARAMS: fixed}
     return optuna.Trial(study, create_running_trial(storage, study._study_id, stamp)), None
 
 
@@ -180,11 +190,13 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, he
 
     directory = trial_dir(spec.directory, trial.number)
     directory.mkdir(parents=True, exist_ok=True)
+    write_record(spec, number=trial.number, params=params, resume=resume)  # before training: a crash keeps it
     print(f"trial {trial.number}: {json.dumps(params)}", flush=True)
     if resume is not None:
         print(f"trial {trial.number}: resuming trial {resume.from_trial} from {resume.checkpoint} (restart "
               f"{resume.restarts}, {resume.epochs_lost} validated epochs lost)", flush=True)
     with heart.beating(trial._trial_id):
+        started = time.perf_counter()
         try:
             outcome = runner(spec, trial, params, directory, resume)
         except Interrupted:  # arrived outside training (building, testing): no history to keep
@@ -198,13 +210,14 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, he
               f"{directory / 'history.json'})", flush=True)
         return EXIT_INTERRUPTED
     summary = outcome.summary
+    summary["resources"] = trial_use(time.perf_counter() - started, trial_devices(spec))  # what budgets sum
     path = directory / "summary.json"
     write_json_atomic(path, summary, durable=False)  # visible before the study is told; fsynced beside the next ask
     if outcome.state in ("COMPLETE", "PRUNED") and outcome.value is not None and "metrics" in summary:
         _write_hparams(spec, params, outcome, directory)  # pruned trials show their last value
     state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}.get(outcome.state, TrialState.FAIL)
     try:
-        _record(spec, study, trial, summary, path, state, outcome.value if state == TrialState.COMPLETE else None)
+        _record(spec, study, trial, summary, path, state, outcome.told if state == TrialState.COMPLETE else None)
     except Exception as exc:
         DURABILITY.later(path)
         DURABILITY.wait()  # the summary is the result's only copy now
@@ -229,7 +242,8 @@ def _run_one(spec: Any, runner: Runner, study: Any, trial: Any, params: dict, he
     return None
 
 
-def _record(spec: Any, study: Any, trial: Any, summary: dict, path: Path, state: Any, value: float | None) -> None:
+def _record(spec: Any, study: Any, trial: Any, summary: dict, path: Path, state: Any,
+            value: float | list[float] | None) -> None:
     """The tell, the result's attributes written with it. A trial failed as stale meanwhile (its worker was cut off
     from the storage for two heartbeat intervals) keeps its result: it is added as a new trial linked to this one."""
     from sweeplight._sync import add, result_attrs, test_metrics
@@ -276,22 +290,33 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     if deadline is not None and time.time() >= deadline:
         return "budget.timeout reached"
     trials = live_trials(study, spec) if trials is None else trials
-    finished = running = 0
+    finished = running = waiting = 0
     failures = []
     for t in trials:  # one pass: 10,000 trials are read before every ask
         state = t.state
         if state == TrialState.RUNNING:
             running += 1
         elif state == TrialState.COMPLETE or state == TrialState.PRUNED:
-            finished += 1
+            finished += WARM_FROM not in t.system_attrs  # trials copied by --warm-start did not run here
         elif state == TrialState.FAIL:
             failures.append(t)
+        elif state == TrialState.WAITING:
+            waiting += 1
     failed = failed_in_launch(failures, launch_id)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
-    n_trials = budget_trials(spec)
+    grid = grid_state(spec.search_space, trials) if spec.sampler.name == "grid" else None
+    if grid is not None and grid.done >= grid.size:
+        return f"grid done ({grid.size} points)"
+    # A grid study without n_trials ends with its grid: trials off the grid (enqueued) must not end it early.
+    n_trials = spec.budget.n_trials if grid is not None else budget_trials(spec)
     if n_trials is not None and finished + running >= n_trials:
         return f"budget.n_trials reached ({finished} finished, {running} running)"
+    resources = budget_reason(spec, trials)
+    if resources is not None:
+        return resources
+    if grid is not None and not grid.free and not waiting:
+        return f"grid: every point taken ({grid.done} of {grid.size} done, the rest running)"
     return None
 
 
@@ -318,12 +343,15 @@ def _others_running(trials: list, interval: float) -> bool:
 
 def budget_trials(spec: Any) -> int | None:
     """``budget.n_trials``, capped at the grid's size for the grid sampler (each grid point runs once)."""
+    return trial_budget(spec)
+
+
+def _grid_point(spec: Any, trials: list) -> dict[str, Any] | None:
+    """The next grid point no trial holds (grid sampler only; ``stop_reason`` has checked one is left)."""
     if spec.sampler.name != "grid":
-        return spec.budget.n_trials
-    size = 1
-    for param in spec.search_space:
-        size *= len(param.grid_values())
-    return size if spec.budget.n_trials is None else min(size, spec.budget.n_trials)
+        return None
+    free = grid_state(spec.search_space, trials).free
+    return dict(free[0]) if free else None
 
 
 def _tell(study: Any, trial: Any, value: float | None, state: Any, *, system: dict, user: dict) -> bool:
@@ -333,8 +361,8 @@ def _tell(study: Any, trial: Any, value: float | None, state: Any, *, system: di
     This is Optuna's tell (checks, the sampler's ``after_trial``, a pruned trial's last value) with its final
     storage call, ``set_trial_state_values``, replaced by ``finish_trial`` for the length of the call. The grid
     sampler calls ``study.stop()`` once the grid is done, which Optuna only allows inside ``optimize``; the state is
-    stored before that raises (a ``finally`` in Optuna), and ``budget_trials`` already ends the study at the grid's
-    size, so that one error is expected."""
+    stored before that raises (a ``finally`` in Optuna), and ``stop_reason`` already ends a grid study once every
+    point is done (``grid done``), so that one error is expected."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.study._tell import _tell_with_warning  # Study.tell, less the trial it reads back and copies
 

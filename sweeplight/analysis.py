@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
-__all__ = ["BestTrial", "StudyResults", "best_trial", "curves_frame", "export", "load_best_model", "load_results",
-           "trials_frame", "write_html"]
+__all__ = ["BestTrial", "StudyResults", "best_trial", "best_trials", "curves_frame", "export", "load_best_model",
+           "load_results", "trials_frame", "write_html"]
 
 class StudyResults:
     """One study read once: its trials and the summaries they point to (None where a trial has none).
@@ -55,6 +55,24 @@ class StudyResults:
         self._summaries = summaries
         self._stored: _rows.Trials | None = None  # what load_results read, as columns
         self._parts: dict[str, list[Any]] | None = None  # each trial's summary part (cached per study)
+        self._metrics: list[str] | None = None  # every objective's metric, from the study file
+
+    @property
+    def directions(self) -> list[str]:
+        """Every objective's direction: one for a single-objective study."""
+        return list(self._columns().directions or [self.direction])
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every objective's metric, in order (``objective_<i>`` where no study file names them)."""
+        count = len(self.directions)
+        if self._metrics is not None and len(self._metrics) == count:
+            return list(self._metrics)
+        return [self.metric or "objective", *(f"objective_{i}" for i in range(1, count))]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
 
     def __repr__(self) -> str:
         return (f"StudyResults(name={self.name!r}, direction={self.direction!r}, metric={self.metric!r}, "
@@ -128,7 +146,8 @@ def trials_frame(*targets: str | Path | StudyResults, cache: bool = True) -> pd.
 
     studies = _results(targets, cache)
     if not sum(len(study._columns()) for study in studies):
-        return pd.DataFrame(columns=["study", "number", "state", "objective", *SUMMARY_COLUMNS, *ROW_COLUMNS])
+        return pd.DataFrame(columns=["study", "number", "state", "objective", "pareto", "feasible", *SUMMARY_COLUMNS,
+                                     *ROW_COLUMNS])
     with _rows.no_gc():
         return pd.DataFrame(_frame_columns(studies))
 
@@ -165,6 +184,8 @@ class BestTrial:
     summary: Path | None
     rerun_file: Path | None  # a study file with every parameter fixed to the best trial's value
     test_metrics: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # every objective's value, by metric
+    constraints: list[dict[str, Any]] = field(default_factory=list)  # {constraint, metric, value, violation}
 
     @property
     def rerun_command(self) -> str | None:
@@ -172,33 +193,77 @@ class BestTrial:
 
 
 def best_trial(target: str | Path | StudyResults, *, write_rerun: bool = False) -> BestTrial:
-    """The best COMPLETE trial. With ``write_rerun`` (``study best`` sets it) a study file fixing its parameters is
-    written next to the study (``runs/<name>/best-<number>.yaml``, study name ``<name>-best-<number>``) so one
-    command re-runs it; without, nothing is written."""
+    """The best COMPLETE trial (a feasible one, when the study has constraints). With ``write_rerun`` (``study best``
+    sets it) a study file fixing its parameters is written next to the study (``runs/<name>/best-<number>.yaml``,
+    study name ``<name>-best-<number>``) so one command re-runs it; without, nothing is written.
+
+    In a multi-objective study: the trial of the Pareto front that is best in the first objective (see
+    ``best_trials`` for the whole front)."""
+    study = _one_study(target)
+    rows = _best_rows(study)
+    if study.multi_objective:
+        pick = max if study.direction == "maximize" else min
+        rows = [pick(rows, key=lambda row: study._columns().values[row])]
+    return _best_of(study, rows[0], write_rerun)
+
+
+def best_trials(target: str | Path | StudyResults, *, write_rerun: bool = False) -> list[BestTrial]:
+    """Every trial of the Pareto front (feasible COMPLETE trials no other trial beats in every objective), best in
+    the first objective first; ``[best_trial(...)]`` for a single-objective study. ``write_rerun`` as in
+    ``best_trial``, one study file per trial."""
+    study = _one_study(target)
+    if not study.multi_objective:
+        return [best_trial(study, write_rerun=write_rerun)]
+    stored = study._columns()
+    rows = sorted(_best_rows(study), key=lambda row: stored.values[row], reverse=study.direction == "maximize")
+    return [_best_of(study, row, write_rerun) for row in rows]
+
+
+def _one_study(target: str | Path | StudyResults) -> StudyResults:
     from sweeplight._errors import SweeplightError
 
     studies = _results((target,))
     if len(studies) != 1:
         raise SweeplightError(f"{target} holds {len(studies)} studies; name one: its study file or runs/<name>")
-    study = studies[0]
+    return studies[0]
+
+
+def _best_rows(study: StudyResults) -> list[int]:
+    """The rows of the feasible complete trials on the front (single objective: the best one, first of equals)."""
+    from sweeplight._errors import SweeplightError
+
     stored = study._columns()
+    columns = _front_columns(study)
     complete = [row for row, (state, value) in enumerate(zip(stored.states, stored.values, strict=True))
                 if state == "COMPLETE" and value is not None]
     if not complete:
         raise SweeplightError(f"study {study.name!r} has no completed trial yet ({len(stored)} trials); "
                               "see sweeplight study status")
+    feasible = [row for row in complete if columns["feasible"][row] is not False]
+    if not feasible:
+        raise SweeplightError(f"study {study.name!r} has no feasible completed trial: all {len(complete)} break a "
+                              "constraint; see the feasible column of sweeplight study export")
+    if study.multi_objective:
+        return [row for row in feasible if columns["pareto"][row]]
     pick = max if study.direction == "maximize" else min
-    row = pick(complete, key=lambda row: stored.values[row])  # the first of equals, as over Optuna's trials
+    return [pick(feasible, key=lambda row: stored.values[row])]  # the first of equals, as over Optuna's trials
+
+
+def _best_of(study: StudyResults, row: int, write_rerun: bool) -> BestTrial:
+    stored = study._columns()
     number, value = stored.numbers[row], stored.values[row]
     summary = study._summary(number) or {}
     params = dict(summary.get("params") or stored.params[row])
     checkpoint = (summary.get("checkpoints") or {}).get("best")
     summary_path = stored.system[row].get("sweeplight:summary")
     rerun = (_write_rerun(study, number, value, params) if write_rerun and study.directory is not None else None)
+    every = stored.all_values[row] if stored.all_values is not None else [value]
     return BestTrial(study=study.name, number=number, value=float(value), metric=study.metric,
                      direction=study.direction, params=params, checkpoint=Path(checkpoint) if checkpoint else None,
                      summary=Path(summary_path) if summary_path else None, rerun_file=rerun,
-                     test_metrics=dict((summary.get("metrics") or {}).get("test") or {}))
+                     test_metrics=dict((summary.get("metrics") or {}).get("test") or {}),
+                     values=dict(zip(study.metrics, (float(v) for v in every), strict=True)),
+                     constraints=list(summary.get("constraints") or []))
 
 
 def load_best_model(target: str | Path | StudyResults) -> Any:
@@ -265,15 +330,20 @@ def _load_target(target: str | Path, cache: bool) -> list[StudyResults]:
     from sweeplight._storage import _URL
 
     text = str(target)
+    metrics = None
     if _URL.match(text) and not Path(text).exists():
         directory, metric, url, name = None, None, text, None
     else:
         spec = resolve(target)
         directory, metric, url, name = spec.directory, spec.objective.metric, spec.storage, spec.name
+        metrics = [objective.metric for objective in spec.all_objectives]
     cache_dir = _rows.cache_dir(directory, url) if cache else None
     with _rows.no_gc():
         stored = _rows.read_storage(url, name, cache_dir) or _optuna_studies(url, name)
-        return [_study(s, metric, directory, url, cache_dir) for s in stored]
+        studies = [_study(s, metric, directory, url, cache_dir) for s in stored]
+    for study in studies:
+        study._metrics = metrics
+    return studies
 
 
 def _optuna_studies(url: str, name: str | None = None) -> list[_rows.Trials]:
@@ -288,7 +358,8 @@ def _optuna_studies(url: str, name: str | None = None) -> list[_rows.Trials]:
     out = []
     for study_name in names:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        out.append(_rows.from_frozen(study_name, study.direction.name.lower(), study.get_trials(deepcopy=False)))
+        directions = [d.name.lower() for d in study.directions]  # one per objective
+        out.append(_rows.from_frozen(study_name, directions[0], study.get_trials(deepcopy=False), directions))
     return out
 
 
@@ -313,7 +384,8 @@ def _study(stored: _rows.Trials, metric: str | None, directory: Path | None, url
 def _frame_columns(studies: list[StudyResults]) -> dict[str, Any]:
     """The trials frame as columns: what one row per trial (``_trial_row`` before the cache) gave, column by
     column, so pandas infers the same types."""
-    blocks = [_block(study.name, study._columns(), study._summary_parts()) for study in studies]
+    blocks = [{**_block(study.name, study._columns(), study._summary_parts()), **_front_columns(study)}
+              for study in studies]
     sizes = [len(study._columns()) for study in studies]
     names: list[str] = []
     seen: set[str] = set()
@@ -324,8 +396,11 @@ def _frame_columns(studies: list[StudyResults]) -> dict[str, Any]:
                 names.append(name)
     params = sorted(name for name in names if name.startswith("params."))
     metrics = sorted(name for name in names if name.split(".", 1)[0] in ("best", "last", "test"))
+    # objective.<metric> per objective (multi-objective studies, in the study's order), pareto, feasible
+    front = [name for name in names if name.startswith("objective.")] + ["pareto", "feasible"]
     columns: dict[str, Any] = {}
-    for name in ["study", "number", "state", "objective", *params, *metrics, *SUMMARY_COLUMNS, *ROW_COLUMNS]:
+    for name in ["study", "number", "state", "objective", *front, *params, *metrics, *SUMMARY_COLUMNS,
+                 *ROW_COLUMNS]:
         chunks = [block.get(name) for block in blocks]
         if name in ("started", "finished", "duration_s"):
             continue
@@ -340,7 +415,28 @@ def _frame_columns(studies: list[StudyResults]) -> dict[str, Any]:
     columns["started"], columns["finished"] = started.column, finished.column
     columns["duration_s"] = _durations(started, finished)
     return {name: columns[name] for name in
-            ["study", "number", "state", "objective", *params, *metrics, *SUMMARY_COLUMNS, *ROW_COLUMNS]}
+            ["study", "number", "state", "objective", *front, *params, *metrics, *SUMMARY_COLUMNS, *ROW_COLUMNS]}
+
+
+def _front_columns(study: StudyResults) -> dict[str, list[Any]]:
+    """``objective.<metric>`` for each objective of a multi-objective study; ``pareto``: on the front of the
+    feasible complete trials (with one objective: the best trial, and its equals); ``feasible``: the trial met every
+    constraint (True in a study without constraints; None where a constrained study's trial has no verdict)."""
+    from sweeplight._pareto import front
+
+    trials = study._columns()
+    marks = [s.get(_rows.FEASIBLE) for s in trials.system]
+    constrained = any(mark is not None for mark in marks)
+    feasible = [mark if constrained else True for mark in marks]
+    values = trials.all_values if trials.all_values is not None else [
+        [v] if v is not None else None for v in trials.values]
+    columns: dict[str, list[Any]] = {}
+    if study.multi_objective:
+        for index, metric in enumerate(study.metrics):
+            columns[f"objective.{metric}"] = [v[index] if v is not None else math.nan for v in values]
+    columns["pareto"] = front(trials.states, values, study.directions, feasible)
+    columns["feasible"] = feasible
+    return columns
 
 
 def _block(name: str, trials: _rows.Trials, parts: dict[str, list[Any]]) -> dict[str, Any]:

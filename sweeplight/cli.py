@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 STUDY_TARGET = "the study file (YAML) or the study directory (runs/<name>)"
 EPILOG = "Exit codes: 0 ok, 1 study stopped early, 2 bad input (nothing created), 130 interrupted."
+TRIAL_EPILOG = "Exit codes: 0 reproduced, 1 not reproduced, 2 bad input or no usable record, 130 interrupted."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--follow", action="store_true",
                         help="executor.kind slurm: after submitting, show the progress bar until the study's jobs end "
                              "(launch otherwise returns at once)")
+    launch.add_argument("--warm-start", metavar="OTHER", default=None,
+                        help="before the workers start, copy the COMPLETE trials of study OTHER (its study file or "
+                             "directory) whose parameters fit this search space; the same objective is required, "
+                             "copies do not count toward n_trials, and a second launch copies nothing twice")
 
     status = verbs.add_parser("status", help="trials by state, the best trial, and what is running",
                               description="Show a study's trials by state, its best trial and its running trials.",
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "best", help="the best trial: parameters, objective, checkpoint, and a command that re-runs it",
         description="Print the best completed trial's parameters (YAML), objective, test metrics and checkpoint, and "
                     "write runs/<name>/best-<number>.yaml, a study file with every parameter fixed to those values, so "
-                    "one command re-runs exactly that configuration. Example: sweeplight study best runs/digits",
+                    "one command re-runs exactly that configuration. A multi-objective study prints every trial of "
+                    "its Pareto front (feasible trials only). Example: sweeplight study best runs/digits",
         epilog=EPILOG)
     best.add_argument("study", help=STUDY_TARGET)
     best.add_argument("--json", action="store_true", help="print the best trial as JSON")
@@ -109,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "worker, and the best trial. Example: sweeplight study report runs/digits", epilog=EPILOG)
     report.add_argument("study", help=STUDY_TARGET)
     report.add_argument("--out", default=None, help="output file (default: <study directory>/report.html)")
+
+    trial = groups.add_parser("trial", help="re-run one trial from its record", description="Trial commands.",
+                              epilog=TRIAL_EPILOG)
+    trial_verbs = trial.add_subparsers(dest="verb", metavar="VERB", required=True)
+    rerun = trial_verbs.add_parser(
+        "rerun", help="train one trial again from its record.json and say whether it reproduced its objective",
+        description="Rebuild the study from the trial's record.json (not the study file as it is now), train the "
+                    "recorded parameters with the recorded seed and torch threads in a fresh directory, and compare "
+                    "the objective with the original's. The study's storage is not touched and nothing prunes the "
+                    "rerun (a pruned trial stops at the epoch it was pruned at). Warns when the code's commit or "
+                    "uncommitted changes, or the installed packages, differ from the record. Example: sweeplight "
+                    "trial rerun runs/digits 3", epilog=TRIAL_EPILOG)
+    rerun.add_argument("study", help=STUDY_TARGET)
+    rerun.add_argument("number", type=int, help="the trial number")
+    rerun.add_argument("--out", default=None, help="directory for the rerun (default: <study directory>/reruns/"
+                                                   "<number>-<k>, a new one each time)")
+    rerun.add_argument("--tolerance", type=float, default=0.0,
+                       help="largest absolute difference of the objective that counts as reproduced (default 0: "
+                            "exactly equal, what deterministic CPU runs give)")
+    rerun.add_argument("--json", action="store_true", help="print the comparison as JSON (training output to stderr)")
 
     storage = groups.add_parser("storage", help="check a storage before pointing workers at it",
                                 description="Storage commands.", epilog=EPILOG)
@@ -174,6 +200,9 @@ def _run(args: argparse.Namespace) -> int:
         import signal
 
         from sweeplight._launch import launch
+        from sweeplight._record import note_launch_command
+
+        note_launch_command()  # the workers' trial records name the command that launched them
 
         def _terminate(signum: int, frame: object) -> None:
             raise KeyboardInterrupt  # SIGTERM (scancel, timeout, kill) stops the workers like Ctrl-C does
@@ -185,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
 
             raise SpecError("--workers", f"must be >= 1, got {args.workers}")
         result = launch(args.study, overrides=args.overrides, workers=args.workers, progress=not args.no_progress,
-                        follow=args.follow)
+                        follow=args.follow, warm_start=args.warm_start)
         from sweeplight._status import format_status
 
         print(format_status(result.status))
@@ -226,6 +255,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ok: study {spec.name!r}, {len(spec.search_space)} parameters, model "
               f"{components.model_cls.__name__}, data {components.data_cls.__name__}, storage "
               f"{_masked(spec.storage)}")
+        from sweeplight._constraints import sampler_notes
+
+        for note in sampler_notes(spec):
+            print(f"note: {note}")
         return 0
     if args.verb == "sync":
         return _sync(args)
@@ -267,6 +300,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(format_report(report))
         return 0
+    if args.verb == "rerun":
+        return _rerun(args)
     raise AssertionError(args.verb)
 
 
@@ -308,9 +343,15 @@ def _best(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from sweeplight.analysis import best_trial
+    from sweeplight.analysis import best_trials
 
-    best = best_trial(args.study, write_rerun=True)
+    front = best_trials(args.study, write_rerun=True)
+    if len(front[0].values) > 1:  # a multi-objective study: every Pareto-optimal trial
+        from sweeplight._pareto import format_front, front_json
+
+        print(json.dumps(front_json(front), indent=2) if args.json else format_front(front))
+        return 0
+    best = front[0]
     if args.json:
         print(json.dumps({"study": best.study, "number": best.number, "value": best.value, "metric": best.metric,
                           "direction": best.direction, "params": best.params, "test_metrics": best.test_metrics,
@@ -326,6 +367,22 @@ def _best(args: argparse.Namespace) -> int:
     if best.rerun_command:
         print(f"re-run: {best.rerun_command}")
     return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from sweeplight._rerun import format_result, rerun
+
+    result = rerun(args.study, args.number, out=args.out, tolerance=args.tolerance, quiet=args.json)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    else:
+        print(format_result(result))
+    return 0 if result.reproduced else 1
 
 
 def _sync(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -138,7 +139,11 @@ def _reference_frame(url: str, directory: Path | None, name: str | None = None) 
     storage = open_storage(url, create=False)
     rows = []
     for study_name in [name] if name else [s.study_name for s in storage.get_all_studies()]:
-        for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False):
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        best = _reference_best(study, trials)
+        constrained = any("sweeplight:feasible" in t.system_attrs for t in trials)
+        for t in trials:
             path = t.system_attrs.get("sweeplight:summary")
             if path is None and directory is not None:
                 path = directory / "trials" / str(t.number) / "summary.json"
@@ -146,11 +151,22 @@ def _reference_frame(url: str, directory: Path | None, name: str | None = None) 
             if summary is None and directory is not None:
                 summary = _reference_json(directory / "trials" / str(t.number) / "history.json")
             rows.append(_reference_row(study_name, t, summary or {}))
+            feasible = t.system_attrs.get("sweeplight:feasible")
+            rows[-1]["pareto"] = (t.state.name == "COMPLETE" and feasible is not False and best is not None
+                                  and t.value == best)
+            rows[-1]["feasible"] = feasible if constrained else True
     frame = pd.DataFrame.from_records(rows)
     params = sorted(c for c in frame.columns if c.startswith("params."))
     metrics = sorted(c for c in frame.columns if c.split(".", 1)[0] in ("best", "last", "test"))
-    first = ["study", "number", "state", "objective", *params, *metrics]
+    first = ["study", "number", "state", "objective", "pareto", "feasible", *params, *metrics]
     return frame[first + [c for c in frame.columns if c not in first]].reset_index(drop=True)
+
+
+def _reference_best(study: optuna.Study, trials: list) -> float | None:
+    """The best finite value of the complete trials not marked infeasible: the frame's ``pareto`` rows hold it."""
+    values = [t.value for t in trials if t.state.name == "COMPLETE" and t.system_attrs.get("sweeplight:feasible")
+              is not False and t.value is not None and math.isfinite(t.value)]
+    return (max if study.direction.name == "MAXIMIZE" else min)(values) if values else None
 
 
 def _reference_json(path: Path) -> dict | None:
@@ -284,18 +300,25 @@ def test_the_cache_follows_new_rewritten_and_removed_summaries(tmp_path, request
 
 
 def test_a_read_only_study_directory_is_read_without_a_cache(tmp_path, request):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories")
     url = _url("sqlite", tmp_path, request)
     _fill(url, tmp_path / "runs")
     path = _study_file(tmp_path, url)
     directory = load_spec(path).directory
     mode = directory.stat().st_mode
-    directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    # root ignores permission bits (CI runs as root): there the directory is made immutable instead.
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
+        with pytest.raises(OSError):
+            (directory / "probe").write_text("")
         _same(trials_frame(path), _reference_frame(url, directory, "s"))
         assert not (directory / _rows.CACHE_DIR).exists()
     finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
         directory.chmod(mode)
 
 
