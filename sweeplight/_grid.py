@@ -3,8 +3,10 @@
 Optuna's ``GridSampler`` picks its point when a trial starts, from its own shuffled copy of the grid, so several
 processes (each seeding the shuffle differently, or asking at the same moment) run the same point twice (Hydra
 #2892, Optuna #2925). Here the worker picks the point itself while it holds the study's ask lock: the first point of
-the grid that no trial holds (RUNNING, WAITING, COMPLETE or PRUNED; a FAILED point is free again, within
-``budget.max_failures``), and fixes it on the new trial as Optuna's ``fixed_params``, so the sampler never chooses.
+the grid that no trial holds (RUNNING, WAITING, COMPLETE or PRUNED, or FAILED on its own in this launch: a point
+whose code raises would raise again, so it is not retried until the next launch, after a fix; a stale or
+interrupted trial is re-queued as a WAITING retry, which holds its point), and fixes it on the new trial as
+Optuna's ``fixed_params``, so the sampler never chooses.
 The grid is walked in the order of ``search_space`` (the last parameter changes fastest), identically in every
 worker. A conditional parameter splits the grid only where its condition holds: ``optimizer: [adam, sgd]`` with
 ``momentum: [0.5, 0.9]`` for sgd is 3 points, not 4.
@@ -27,7 +29,7 @@ class GridState:
     """Where a grid study stands: ``free`` lists the points no trial holds, in grid order."""
 
     size: int
-    done: int  # points with a COMPLETE or PRUNED trial
+    done: int  # points with a COMPLETE or PRUNED trial, or one that failed on its own in this launch
     free: tuple[dict[str, Any], ...]
 
 
@@ -78,16 +80,20 @@ def _norm(value: Any) -> Any:
     return ("other", repr(value))
 
 
-def grid_state(space: Sequence[Param], trials: list) -> GridState:
+def grid_state(space: Sequence[Param], trials: list, launch_id: str | None = None) -> GridState:
     """The grid against the study's trials (read under the ask lock)."""
     from optuna.trial import TrialState
 
     points = grid_points(space)
     done: set[tuple] = set()
     held: set[tuple] = set()
+    failed: set[tuple] = set()
     for t in trials:
         state = t.state
         if state == TrialState.FAIL:
+            if (launch_id is not None and t.system_attrs.get("sweeplight:launch") == launch_id
+                    and t.system_attrs.get("sweeplight:stop_reason") == "failed"):
+                failed.add(point_key(t.params or t.system_attrs.get(FIXED_PARAMS) or {}))
             continue
         if state == TrialState.WAITING:
             values = t.system_attrs.get(FIXED_PARAMS) or {}
@@ -97,6 +103,8 @@ def grid_state(space: Sequence[Param], trials: list) -> GridState:
         held.add(key)
         if state in (TrialState.COMPLETE, TrialState.PRUNED):
             done.add(key)
+    done |= failed - held  # a failed point being retried (waiting or running) is not done
+    held |= failed
     keys = [point_key(p) for p in points]
     free = tuple(p for p, key in zip(points, keys, strict=True) if key not in held)
     return GridState(size=len(points), done=sum(key in done for key in set(keys)), free=free)

@@ -114,7 +114,7 @@ def read_status(target: str | Path | StudySpec, *, launch_id: str | None = None)
         if spec.sampler.name == "grid":
             from sweeplight._grid import grid_state
 
-            state = grid_state(spec.search_space, trials)
+            state = grid_state(spec.search_space, trials, launch_id)
             grid = {"points": state.size, "done": state.done}
         resources = budget_status(spec, trials)
         if spec.multi_objective or spec.constraints:  # the best feasible trial, or the Pareto front

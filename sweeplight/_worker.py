@@ -138,7 +138,7 @@ def _loop(spec: Any, runner: Runner, study: Any, heart: Any, *, launch_id: str, 
                 if job:
                     stamp[SLURM_JOB] = job
                 with _signals_deferred():  # a trial asked is stamped with its heartbeat before anything else
-                    trial, waiting = ask(study, trials, stamp, fixed=_grid_point(spec, trials))
+                    trial, waiting = ask(study, trials, stamp, fixed=_grid_point(spec, trials, launch_id))
                 params = sample(spec.search_space, trial)
         if lingering:  # the last trials run elsewhere: stay until they end, in case one of them dies and is re-run
             time.sleep(min(1.0, spec.executor.heartbeat_interval))
@@ -305,7 +305,7 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     failed = failed_in_launch(failures, launch_id)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
-    grid = grid_state(spec.search_space, trials) if spec.sampler.name == "grid" else None
+    grid = grid_state(spec.search_space, trials, launch_id) if spec.sampler.name == "grid" else None
     if grid is not None and grid.done >= grid.size:
         return f"grid done ({grid.size} points)"
     # A grid study without n_trials ends with its grid: trials off the grid (enqueued) must not end it early.
@@ -346,11 +346,11 @@ def budget_trials(spec: Any) -> int | None:
     return trial_budget(spec)
 
 
-def _grid_point(spec: Any, trials: list) -> dict[str, Any] | None:
+def _grid_point(spec: Any, trials: list, launch_id: str | None) -> dict[str, Any] | None:
     """The next grid point no trial holds (grid sampler only; ``stop_reason`` has checked one is left)."""
     if spec.sampler.name != "grid":
         return None
-    free = grid_state(spec.search_space, trials).free
+    free = grid_state(spec.search_space, trials, launch_id).free
     return dict(free[0]) if free else None
 
 

@@ -90,8 +90,11 @@ def test_a_failing_trial_does_not_stop_the_others(make_study):
     assert result.returncode == 0, result.stderr
     trials = _study(path).get_trials()
     failed = [t for t in trials if t.state.name == "FAIL"]
-    assert failed and all(t.params["width"] == 32 for t in failed)
-    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+    # Each of the 4 grid points runs once: the 2 with width 32 fail (and are not retried in this launch), the
+    # others complete; the grid is done before n_trials=3 finished trials.
+    assert sorted(t.params["lr"] for t in failed) == [0.01, 0.02] and all(t.params["width"] == 32 for t in failed)
+    assert sorted(t.params["lr"] for t in trials if t.state.name == "COMPLETE") == [0.01, 0.02]
+    assert len(trials) == 4 and "grid done (4 points)" in result.stdout + result.stderr
     summary = json.loads(Path(failed[0].system_attrs["sweeplight:summary"]).read_text())
     assert summary["state"] == "FAIL" and "width 32 is broken on purpose" in summary["error"]
 
