@@ -151,7 +151,7 @@ def test_pruned_ddp_trial_stops_every_rank(make_study):
 def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(make_study):
     path = make_study({"budget": {"n_trials": 1}, "data": {"args": {"batch_size": 8}},
                        "search_space": {"_replace": True, "lr": [0.003], "width": [32]},
-                       "trainer": {"max_epochs": 5, "early_stopping": False}})
+                       "trainer": {"max_epochs": 8, "early_stopping": False}})  # room for a late signal under load
     proc = subprocess.Popen([sys.executable, "-m", "sweeplight.cli", "study", "launch", str(path), "--no-progress"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = path.parent / "runs" / "tiny" / "workers" / "worker-0.log"
@@ -167,7 +167,7 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(
         os.kill(trial.system_attrs["sweeplight:pid"], 0)
     trial_dir = path.parent / "runs" / "tiny" / "trials"
     old = json.loads((trial_dir / "0" / "summary.json").read_text())
-    assert old["stop_reason"] == "interrupted" and 2 <= old["epochs"] < 5
+    assert old["stop_reason"] == "interrupted" and 2 <= old["epochs"] < 8
     assert (trial_dir / "0" / "checkpoints" / "last.ckpt").is_file()
 
     result = run_cli("study", "launch", str(path), "--no-progress")
@@ -176,10 +176,10 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     new = json.loads((trial_dir / "1" / "summary.json").read_text())
     assert new["resumed_from"]["trial"] == 0 and new["restarts"] == 1
-    assert [h["epoch"] for h in new["history"]] == [0, 1, 2, 3, 4]  # continued, not restarted from epoch 0
+    assert [h["epoch"] for h in new["history"]] == list(range(8))  # continued, not restarted from epoch 0
     kept = new["resumed_from"]["epoch"]
     assert new["history"][: kept + 1] == old["history"][: kept + 1]
-    assert sorted(trials[1].intermediate_values) == [0, 1, 2, 3, 4]
+    assert sorted(trials[1].intermediate_values) == list(range(8))
     assert trials[1].user_attrs["sweeplight:retry_of"] == 0
     worker_log = log.read_text()
     assert "resuming trial 0 from" in worker_log
