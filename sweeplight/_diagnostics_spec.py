@@ -69,27 +69,25 @@ def parse_diagnostics(raw: Any) -> Diagnostics:
     )
 
 
-def _every(value: Any) -> int:
-    where = "diagnostics.param_histograms"
+def _switch_or_number(value: Any, where: str, key: str, minimum: int) -> int:
+    """``true``/``false`` (1/0) or ``{key: N}``: a diagnostic that is on or off, or on with one setting."""
     if isinstance(value, bool):
         return int(value)
     if not isinstance(value, dict):
-        raise SpecError(where, f"expected true, false or {{every: N}}, got {type_name(value)} {show(value)}")
+        raise SpecError(where, f"expected true, false or {{{key}: N}}, got {type_name(value)} {show(value)}")
     mapping = as_mapping(value, where)
-    check_keys(mapping, ("every",), where)
-    return get_int(mapping, "every", where, 1, minimum=1)
+    check_keys(mapping, (key,), where)
+    return get_int(mapping, key, where, 1, minimum=minimum)
+
+
+def _every(value: Any) -> int:
+    return _switch_or_number(value, "diagnostics.param_histograms", "every", 1)
 
 
 def _summary_depth(value: Any) -> int:
     where = "diagnostics.model_summary"
-    if isinstance(value, bool):
-        return int(value)
-    if not isinstance(value, dict):
-        raise SpecError(where, f"expected true, false or {{max_depth: N}}, got {type_name(value)} {show(value)}")
-    mapping = as_mapping(value, where)
-    check_keys(mapping, ("max_depth",), where)
-    depth = get_int(mapping, "max_depth", where, 1, minimum=-1)
-    if depth == 0:
+    depth = _switch_or_number(value, where, "max_depth", -1)
+    if depth == 0 and not isinstance(value, bool):
         raise SpecError(f"{where}.max_depth", "got 0; give a depth >= 1 (-1 for every layer), or model_summary: false")
     return depth
 
