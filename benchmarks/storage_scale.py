@@ -58,6 +58,7 @@ from sweeplight._spec import StudySpec, load_spec, spec_from_dir, spec_to_json
 from sweeplight._storage import create_or_load_study, load_study
 from sweeplight._summary import write_json_atomic
 from sweeplight._tpe import CachedTPESampler
+from sweeplight._writes import params_in_one_write
 
 RAW_WORKER = """
 import sys, optuna
@@ -274,7 +275,8 @@ def ask_latency(store: Storages, sizes: list[int], asks: int, space: str = "digi
                 trial, _ = _worker.ask(study, trials, {"sweeplight:heartbeat": time.time(),
                                                        "sweeplight:launch": "lat", "sweeplight:worker": 0})
                 asked = time.perf_counter() - start
-                params = sample(spec.search_space, trial)
+                with params_in_one_write(trial):
+                    params = sample(spec.search_space, trial)
             return trial, params, asked
 
         def raw_ask(study: optuna.Study) -> Any:

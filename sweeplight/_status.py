@@ -74,7 +74,8 @@ def failed_in_launch(trials: list, launch_id: str | None) -> int:
     """Trials of this launch that failed on their own (not interrupted, not stale): what max_failures counts."""
     from optuna.trial import TrialState
 
-    return sum(t.state == TrialState.FAIL and t.system_attrs.get("sweeplight:launch") == launch_id
+    failed = TrialState.FAIL
+    return sum(t.state is failed and t.system_attrs.get("sweeplight:launch") == launch_id
                and t.system_attrs.get("sweeplight:stop_reason") == "failed" for t in trials) if launch_id else 0
 
 

@@ -384,3 +384,30 @@ def load_study(spec: StudySpec, *, sampler: Any = None, pruner: Any = None, max_
     except KeyError:
         raise StorageError(f"study {spec.name!r} does not exist in {mask_url(spec.storage)!r}; launch it first: "
                            "sweeplight study launch STUDY.yaml") from None
+
+
+def all_trials(study: optuna.Study) -> list:
+    """``get_all_trials(deepcopy=False)``: the study's trials by number, the storage's own objects.
+
+    Optuna's cached database storage sorts its trials with a Python key function on every read (4 ms at 10,000
+    trials, before every ask); its cache is a dict keyed by trial number, so sorting the numbers gives the same list
+    (same objects, same order) at a tenth of the cost. Any other storage, or an Optuna without that cache, is read
+    the usual way. Retried like every storage call.
+    """
+    import optuna
+
+    from sweeplight._retrying import RetryingStorage
+
+    storage = study._storage
+    inner = storage._inner if isinstance(storage, RetryingStorage) else storage
+    if not (isinstance(inner, optuna.storages._CachedStorage) and hasattr(inner, "_read_trials_from_remote_storage")
+            and hasattr(inner, "_studies") and hasattr(inner, "_lock")):
+        return storage.get_all_trials(study._study_id, deepcopy=False)
+
+    def read(study_id: int) -> list:
+        inner._read_trials_from_remote_storage(study_id)
+        with inner._lock:
+            trials = inner._studies[study_id].trials
+            return [trials[number] for number in sorted(trials)]
+
+    return storage.retried(read, study._study_id) if storage is not inner else read(study._study_id)

@@ -31,7 +31,8 @@ def requeue(study: Any, trials: list | None = None) -> list[int]:
     from sweeplight._sync import SYNCED_FROM
 
     # Every worker calls this before each ask: the common case (nothing to re-queue) must stay one cheap pass.
-    cut = [t for t in trials if t.state == TrialState.FAIL
+    failed = TrialState.FAIL
+    cut = [t for t in trials if t.state is failed
            and t.system_attrs.get("sweeplight:stop_reason") in ("interrupted", "stale")]
     if not cut:
         return []
