@@ -1,12 +1,15 @@
 """How fast do study results load into pandas? sweeplight's trials frame against a plain ``json`` loop.
 
 The baseline is what a user would write: read every ``summary.json`` with ``json.load`` and build a DataFrame.
-sweeplight also reads the study from its storage (here a journal file) and joins the two. Three sweeplight loads:
-without the cache (``SWEEPLIGHT_ANALYSIS_CACHE=0``), cold (the first load: it writes the cache) and warm (the cache
-is there and a few trials were added since). The summaries are written as sweeplight writes them (``json.dump``,
-indent 2) and are older than the cache's few-second window for files still being written. Each time is the best of
-``--repeat`` runs (the machine is shared); the warm frame must equal the uncached one. Prints one table; the ratio
-is last.
+sweeplight also reads the study from its storage (here a journal file) and joins the two. Four sweeplight loads:
+without the cache (``SWEEPLIGHT_ANALYSIS_CACHE=0``), cold without the index (the first load of a study whose
+summaries were written without it, by an older sweeplight: every summary is read; it writes the cache), cold with the
+index (the first load of a study as workers leave it: each summary's row is in the index; it writes the cache) and
+warm (the cache is there and a few trials were added since). The summaries are written by the workers' own
+function (``_summary.write_summary``: ``json.dump``, indent 2, then the index line) and are older than the cache's
+few-second window for files still being written. Each time is the best of ``--repeat`` runs (the machine is shared;
+the two cold loads alternate); every frame must equal the uncached one, and the first load with the index must read
+no summary. Prints one table; the ratios are last.
 
     python benchmarks/analysis_load.py            # 10,000 trials
     python benchmarks/analysis_load.py --quick    # 500 trials (the test suite runs this)
@@ -31,7 +34,9 @@ import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from sweeplight._rows import CACHE_DIR, RACY_NS
+from sweeplight import _rows
+from sweeplight._rows import CACHE_DIR, RACY_NS, index_file
+from sweeplight._summary import write_summary
 from sweeplight.analysis import curves_frame, load_results, trials_frame
 
 EPOCHS = 20
@@ -62,13 +67,13 @@ def add_trials(url: str, directory: Path, numbers: range, bulk: bool = False) ->
                     "train_loss": 1 / (e + 2)} for e in range(EPOCHS)]
         path = directory / "trials" / str(number) / "summary.json"
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps({
+        write_summary(path, {  # as a worker writes it: the file, and its line in the study's index
             "schema_version": 1, "study": "bench", "trial": number, "state": "COMPLETE", "params": params,
             "objective": {"metric": "val_acc", "value": history[-1]["val_acc"]},
             "metrics": {"best": history[-1], "last": history[-1], "test": {"test_acc": 0.9}}, "history": history,
             "intermediate_values": {str(h["epoch"]): h["val_acc"] for h in history}, "epochs": EPOCHS,
             "stop_reason": "max_epochs", "wall_time_s": 2.0, "peak_rss_mb": 500.0, "hostname": "node1"},
-            indent=2, allow_nan=False))  # as sweeplight's write_json_atomic writes it
+            study="bench", study_dir=directory, number=number, durable=False)
         trials.append(optuna.trial.create_trial(
             params=params, distributions=DISTRIBUTIONS, value=history[-1]["val_acc"],
             system_attrs={"sweeplight:summary": str(path)},
@@ -152,38 +157,57 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         url = make_study(directory, n, args.storage)
         setup = time.perf_counter() - start
+        cache = directory / CACHE_DIR
+        index = index_file(cache, "bench")
+        written = index.read_bytes()  # what the workers left: each summary's line
         time.sleep(RACY_NS / 1e9 + 0.1)  # the study finished a while ago
         plain = min((timed(baseline, directory) for _ in range(args.repeat)), key=lambda run: run[1])
         uncached = best([load(url, cache=False) for _ in range(args.repeat)])
-        colds = []
-        for _ in range(args.repeat):
-            shutil.rmtree(directory / CACHE_DIR, ignore_errors=True)
-            colds.append(load(url))
-        cold = best(colds)
+        colds, firsts = [], []
+        for _ in range(args.repeat):  # interleaved: the machine's load changes both alike
+            shutil.rmtree(cache, ignore_errors=True)
+            colds.append(load(url))  # a study written without the index (an older sweeplight)
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir()
+            index.write_bytes(written)
+            firsts.append(load(url))
+        cold, first = best(colds), best(firsts)
+        left = index.stat().st_size  # the index after the first load: the cache holds its rows now
+        shutil.rmtree(cache)
+        cache.mkdir()
+        index.write_bytes(written)
+        with mock.patch.object(_rows, "read_part", wraps=_rows.read_part) as reads:
+            load(url)
+        assert reads.call_count == 0, f"the first load with the index read {reads.call_count} summaries"
         add_trials(url, directory, range(n, n + args.new))
         warm = best([load(url) for _ in range(args.repeat)])
         curves, t_curves = timed(curves_frame, url)
         total = n + args.new
         assert len(plain[0]) == n and len(cold[0]) == n and len(warm[0]) == total, (len(plain[0]), len(warm[0]))
         pd.testing.assert_frame_equal(cold[0], uncached[0], check_exact=True)
+        pd.testing.assert_frame_equal(first[0], uncached[0], check_exact=True)
         pd.testing.assert_frame_equal(warm[0], load(url, cache=False)[0], check_exact=True)  # the uncached path
         assert sorted(warm[0]["number"]) == list(range(total))
         assert cold[0]["objective"].sort_values().tolist() == plain[0]["objective"].sort_values().tolist()
         assert len(curves) == total * EPOCHS * 4  # time_s, val_loss, val_acc, train_loss per epoch
-        cache_mb = sum(p.stat().st_size for p in (directory / CACHE_DIR).glob("*.json")) / 1e6
+        cache_mb = sum(p.stat().st_size for p in cache.glob("*.json")) / 1e6
         size_kb = os.path.getsize(directory / "trials" / "0" / "summary.json") / 1e3
     print(f"{n} trials ({setup:.1f} s to create), summaries of {EPOCHS} epochs ({size_kb:.1f} KB), {args.storage} "
-          f"storage; best of {args.repeat}; cache {cache_mb:.1f} MB")
+          f"storage; best of {args.repeat}; cache {cache_mb:.1f} MB; index {len(written) / 1e6:.1f} MB as written, "
+          f"{left / 1e3:.1f} KB after the first load")
     print(f"{'step':<64}{'seconds':>10}")
     rows = [("baseline: json.load loop -> DataFrame (summaries only)", plain[1]),
             ("sweeplight, no cache: load_results + trials_frame", uncached[1] + uncached[2]),
             (f"  load_results {uncached[1]:.3f} + trials_frame {uncached[2]:.3f}", None),
-            ("sweeplight cold (first load, writes the cache)", cold[1] + cold[2]),
+            ("sweeplight cold, no index (first load, writes the cache)", cold[1] + cold[2]),
             (f"  load_results {cold[1]:.3f} + trials_frame {cold[2]:.3f}", None),
+            ("sweeplight cold, index (first load, writes the cache)", first[1] + first[2]),
+            (f"  load_results {first[1]:.3f} + trials_frame {first[2]:.3f}", None),
             (f"sweeplight warm (cache present, {args.new} new trials)", warm[1] + warm[2]),
             (f"  load_results {warm[1]:.3f} + trials_frame {warm[2]:.3f}", None),
             (f"curves_frame ({len(curves):,} rows, long format)", t_curves),
-            ("ratio cold / baseline", (cold[1] + cold[2]) / plain[1]),
+            ("ratio cold without index / baseline", (cold[1] + cold[2]) / plain[1]),
+            ("ratio cold with index / baseline", (first[1] + first[2]) / plain[1]),
             ("ratio warm / baseline", (warm[1] + warm[2]) / plain[1])]
     for label, value in rows:
         if value is None:

@@ -27,6 +27,23 @@ and completion times). Cache files are replaced atomically (processes loading at
 the last one stays) and rewritten only once ``REWRITE_AT`` of the study is new, so a growing study does not rewrite
 100,000 rows for each trial. A directory that cannot be written, ``SWEEPLIGHT_ANALYSIS_CACHE=0`` or ``cache=False``
 mean no cache: the same results, more slowly. The history is not cached: ``curves_frame`` reads the summaries.
+
+Index, ``<study directory>/.sweeplight-cache/<study>.<hash>.index.jsonl``: a worker that writes a trial's summary
+(``_summary.write_summary``) reads it back with ``read_part`` and appends a line holding the trial's number, the
+summary's path, the key of the file it read and the row part ``row_part`` cut from it: what a load would take from
+the file, so the first load of a study reads one file instead of every summary. A load takes a trial's row from its
+last well-formed line only while that line's key is the summary's current key (a stat, as for a cache entry), and
+reads the file otherwise. Lines are appended with O_APPEND, one ``write`` each, so workers writing at once do not mix
+their lines; a line that does not parse or has another shape is skipped. The few-seconds rule of the cache does not
+apply: it guards against a file rewritten in place within the timestamp tick it was last written in, after its key
+was taken, and a line's key is taken just after the write. sweeplight never rewrites a summary in place (each write
+is a new file renamed over the old one, with a new inode while the old one still exists, and its own later line),
+so a line's key names one content for good; what the stat cannot tell is a summary rewritten in place, keeping its
+size, by something else within that tick (a few milliseconds on file systems with nanosecond times). When a load
+rewrites the cache it drops the lines of the trials the cache now holds, so the index holds the trials since (at most
+about ``REWRITE_AT`` of the study, plus those whose files are too new to cache). ``SWEEPLIGHT_ANALYSIS_CACHE=0``
+(where a worker runs: no index written; where a load runs: none read), ``cache=False`` and a directory that cannot
+be written mean no index; a line that cannot be written fails nothing: its trial is read from its file.
 """
 
 from __future__ import annotations
@@ -795,6 +812,8 @@ class Parts:
         self.sparse: dict[str, tuple[list[int], list[Any]]] = {}
         self._copied = [(name, self.fixed[name]) for name in SUMMARY_COLUMNS]
         self._empty = [(self.fixed[name], value) for name, value in _EMPTY.items()]
+        self._fixed_lists = list(self.fixed.values())  # in FIXED's order
+        self._unordered: set[str] = set()  # sparse columns whose rows were not added in order (add_rows)
 
     def add(self, summary: dict[str, Any] | None) -> None:
         row = self.n
@@ -843,11 +862,40 @@ class Parts:
         column[0].append(row)
         column[1].append((get("objective") or {}).get("metric"))
 
+    def add_rows(self, fixed_rows: list[list[Any]], others_rows: list[dict[str, Any]]) -> None:
+        """Add rows as ``row_part`` gives them (the FIXED columns' values, and the other columns the summary has), a
+        column at a time: the rows with the same other columns (most of them) go in together."""
+        if not fixed_rows:
+            return
+        start = self.n
+        self.n += len(fixed_rows)
+        for column, values in zip(self._fixed_lists, zip(*fixed_rows, strict=True), strict=True):
+            column.extend(values)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, others in enumerate(others_rows):
+            names = tuple(others)
+            group = groups.get(names)
+            if group is None:
+                groups[names] = [row]
+            else:
+                group.append(row)
+        sparse = self.sparse
+        for names, rows in groups.items():
+            numbers = [start + row for row in rows]
+            for name, values in zip(names, zip(*[others_rows[row].values() for row in rows], strict=True), strict=True):
+                pair = sparse.get(name)
+                if pair is None:
+                    pair = sparse[name] = ([], [])
+                elif pair[0][-1] > numbers[0]:
+                    self._unordered.add(name)  # another group went first: columns() places each value
+                pair[0].extend(numbers)
+                pair[1].extend(values)
+
     def columns(self) -> dict[str, list[Any]]:
         n = self.n
         out = dict(self.fixed)
         for name, (rows, values) in self.sparse.items():
-            if len(rows) == n:
+            if len(rows) == n and name not in self._unordered:
                 out[name] = values
             else:
                 dense = [MISSING] * n
@@ -866,6 +914,14 @@ def parts_of(summaries: list[dict[str, Any] | None]) -> dict[str, list[Any]]:
 
 
 _EMPTY = {**dict.fromkeys(FIXED), TESTS: False, ERROR: False}  # a trial without a summary
+
+
+def row_part(summary: dict[str, Any] | None) -> tuple[list[Any], dict[str, Any]]:
+    """One summary's part of its row, as ``Parts.add`` makes it: the FIXED columns' values in FIXED's order, and the
+    other columns the summary has (``Parts.add_rows`` takes both)."""
+    one = Parts()
+    one.add(summary)
+    return [column[0] for column in one._fixed_lists], {name: values[0] for name, (_, values) in one.sparse.items()}
 
 
 def first_line(error: Any) -> str | None:
@@ -1011,8 +1067,9 @@ def no_gc() -> Iterator[None]:
 
 
 def summary_parts(trials: Trials, directory: Path | None, cache: Path | None) -> dict[str, list[Any]]:
-    """The summary part of every trial's row, as columns (MISSING where a row lacks a column), from the cache where
-    its files are unchanged and from the files otherwise; writes the cache back when enough changed."""
+    """The summary part of every trial's row, as columns (MISSING where a row lacks the column), from the cache where
+    its files are unchanged, else from the index where its line names the file as it is, else from the file; writes
+    the cache back when enough changed (and then drops the index lines the cache now holds)."""
     paths, histories = summary_paths(trials, directory)
     n = len(trials)
     stored = _load_cache(cache, trials.name) if cache is not None else None
@@ -1033,13 +1090,31 @@ def summary_parts(trials: Trials, directory: Path | None, cache: Path | None) ->
                 fresh.append(row)
     else:
         fresh = list(range(n))
+    index = _Index.read(cache, directory, paths, trials.name) if cache is not None and fresh else None
+    lines = index.lines if index is not None else {}
     parts = Parts()
     keys: list[Any] = []
     history_keys: list[Any] = []
-    for summary, key, history_key in _read_parts(paths, histories, fresh):
+    numbers = trials.numbers
+    indexed: tuple[list[Any], list[Any]] = ([], [])  # rows from the index not yet added: added together
+    for row in fresh:
+        path = paths[row]
+        line = lines.get(numbers[row]) if lines else None
+        if line is not None and line[2] == path:
+            key = _stat_key(path)
+            if key == line[3]:  # the very file the line was made from
+                indexed[0].append(line[4])
+                indexed[1].append(line[5])
+                keys.append(key)
+                history_keys.append(0)
+                continue
+        summary, key, history_key = _read_part_of(path, histories[row])
+        parts.add_rows(*indexed)
+        indexed = ([], [])
         parts.add(summary)
         keys.append(key)
         history_keys.append(history_key)
+    parts.add_rows(*indexed)
     columns = _merge_columns(n, reused, positions, stored["columns"] if stored else {}, fresh, parts.columns())
     if cache is not None and (stored is None or len(fresh) >= max(REWRITE_MIN, REWRITE_AT * n)):
         cached_keys: list[Any] = [None] * n
@@ -1048,19 +1123,19 @@ def summary_parts(trials: Trials, directory: Path | None, cache: Path | None) ->
             cached_keys[row], cached_history[row] = stored["keys"][i], stored["history"][i]
         for row, key, history_key in zip(fresh, keys, history_keys, strict=True):
             cached_keys[row], cached_history[row] = key, history_key
-        _save_cache(cache, trials, paths, cached_keys, cached_history, columns, now)
+        saved = _save_cache(cache, trials, paths, cached_keys, cached_history, columns, now)
+        if saved and index is not None:
+            index.compact({numbers[row] for row in saved})
     return columns
 
 
-def _read_parts(paths: list[str | None], histories: list[str | None], rows: list[int]) -> Iterator[tuple[Any, ...]]:
+def _read_part_of(path: str | None, history: str | None) -> tuple[Any, ...]:
     """(summary without its per-epoch lists, its file's key, history.json's key or 0 where it was not read)."""
-    for row in rows:
-        path = paths[row]
-        summary, key = read_part(path) if path else (None, None)
-        history_key: Any = 0
-        if summary is None and histories[row] is not None:
-            summary, history_key = read_part(histories[row])
-        yield summary, key, history_key
+    summary, key = read_part(path) if path else (None, None)
+    history_key: Any = 0
+    if summary is None and history is not None:
+        summary, history_key = read_part(history)
+    return summary, key, history_key
 
 
 def _merge_columns(n: int, reused: list[int], positions: list[int], stored: dict[str, list[Any]],
@@ -1127,13 +1202,14 @@ def _load_cache(path: Path, study: str) -> dict[str, Any] | None:
 
 
 def _save_cache(path: Path, trials: Trials, paths: list[str | None], keys: list[Any], history: list[Any],
-                columns: dict[str, list[Any]], now: int) -> None:
-    """Write the cache atomically; rows whose files are new, changed too recently, or unreadable are left out."""
+                columns: dict[str, list[Any]], now: int) -> list[int]:
+    """Write the cache atomically; rows whose files are new, changed too recently, or unreadable are left out.
+    Returns the rows written (none when the cache could not be written)."""
     recent = now - RACY_NS
     rows = [row for row, (key, h) in enumerate(zip(keys, history, strict=True))
             if (not key or key[1] < recent) and (not h or h[1] < recent)]
     if not rows:
-        return
+        return []
     everything = len(rows) == len(keys)
     pick = (lambda column: column) if everything else (
         (lambda column, getter=operator.itemgetter(*rows): list(getter(column))) if len(rows) > 1 else
@@ -1165,8 +1241,8 @@ def _save_cache(path: Path, trials: Trials, paths: list[str | None], keys: list[
     try:
         blob = orjson.dumps(data)
     except (TypeError, ValueError):  # a value JSON cannot hold exactly: no cache
-        return
-    _write_atomic(path, blob)
+        return []
+    return rows if _write_atomic(path, blob) else []
 
 
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -1174,16 +1250,27 @@ _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# Safe to delete at any time; SWEEPLIGHT_ANALYSIS_CACHE=0 turns it off.\n")
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    """Replace ``path`` at once (a reader sees the old cache or the new one); no cache where it cannot be written."""
+def _cache_folder(folder: Path) -> bool:
+    """Make the cache directory (tagged, so backups may skip it); False where it cannot be made."""
     try:
-        path.parent.mkdir(exist_ok=True)
-        tag = path.parent / "CACHEDIR.TAG"
+        folder.mkdir(exist_ok=True)
+        tag = folder / "CACHEDIR.TAG"
         if not tag.exists():
             tag.write_text(_TAG)
+    except OSError:
+        return False
+    return True
+
+
+def _write_atomic(path: Path, blob: bytes) -> bool:
+    """Replace ``path`` at once (a reader sees the old cache or the new one); no cache where it cannot be written.
+    Returns whether it was written."""
+    if not _cache_folder(path.parent):
+        return False
+    try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError:
-        return
+        return False
     try:
         with os.fdopen(fd, "wb") as handle:
             # As readable as the study directory's files (mkstemp makes it private to this user).
@@ -1192,3 +1279,126 @@ def _write_atomic(path: Path, blob: bytes) -> None:
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------------- index
+
+
+def index_file(folder: Path, study: str) -> Path:
+    """The study's index in the cache directory ``folder``: a line per summary written (``index_summary``)."""
+    return study_cache(folder, study).with_suffix(".index.jsonl")
+
+
+def index_summary(study_dir: Path, study: str, number: int, path: Path) -> None:
+    """Append the row part of trial ``number``'s summary, just written at ``path``, to the study's index, so that the
+    first load of a study reads one file instead of every summary. The part is what a load would take from the file
+    (``read_part`` reads it back, ``row_part`` cuts the row), keyed on the file ``read_part`` read. Each line is a
+    single ``write`` to a file opened with O_APPEND, so the lines of workers writing at once do not interleave. Raises
+    OSError where the index cannot be written; the caller goes on without it."""
+    if not cache_enabled():
+        return
+    name = os.fspath(path)
+    summary, key = read_part(name)
+    if summary is None or key is None:
+        return
+    fixed, others = row_part(summary)
+    where = 0 if name == f"{study_dir}/trials/{number}/summary.json" else name  # 0: where the worker writes it
+    try:
+        line = orjson.dumps([CACHE_FORMAT, number, where, key, fixed, others]) + b"\n"
+    except (TypeError, ValueError):  # a value JSON cannot hold exactly: the load reads the file
+        return
+    folder = study_dir / CACHE_DIR
+    if not _cache_folder(folder):
+        return
+    mode = study_dir.stat().st_mode & 0o666  # as readable as the study directory's files, as the cache
+    fd = os.open(index_file(folder, study), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class _Index:
+    """The index lines a load may use: the last complete, well-formed line of each trial (later lines win). A line is
+    ``[CACHE_FORMAT, number, summary path (0: <study directory>/trials/<number>/summary.json), [inode, mtime_ns,
+    size], FIXED values, {other column: value}]``; what does not parse or has another shape (a line cut short by a
+    full disk, a line being written, another format) is skipped."""
+
+    def __init__(self) -> None:
+        self.lines: dict[int, list[Any]] = {}
+        self.raw: dict[int, bytes] = {}  # the lines as written, to keep those the cache does not hold
+        self.file: Path | None = None  # the index next to the cache, and what of it was read
+        self.identity: tuple[int, int] | None = None  # (inode, bytes read)
+        self.seen: set[tuple[int, int]] = set()  # (device, inode) of the files read (two names, one file)
+
+    @classmethod
+    def read(cls, cache: Path, directory: Path | None, paths: list[str | None], study: str) -> _Index | None:
+        """The index in the study directory, where workers write it: ``directory``, or for a study named by URL the
+        directory its summaries are in (``<directory>/trials/<n>/summary.json``). Only an index in the cache's own
+        directory is compacted (``compact``)."""
+        index = cls()
+        if directory is not None:
+            folders = [str(directory)]
+        else:
+            folders = []
+            for path in (next((p for p in paths if p), None), next((p for p in reversed(paths) if p), None)):
+                trial = os.path.dirname(path) if path else ""
+                if path and os.path.basename(path) == "summary.json" and os.path.basename(
+                        os.path.dirname(trial)) == "trials":
+                    folders.append(os.path.dirname(os.path.dirname(trial)))
+        try:
+            own = os.stat(index_file(cache.parent, study))
+        except OSError:
+            own = None
+        for folder in folders:  # spelled as the summaries' paths are, which the lines' 0 stands for
+            index._add(index_file(Path(folder) / CACHE_DIR, study), f"{folder}/trials/",
+                       (own.st_dev, own.st_ino) if own is not None else None)
+        return index if index.lines else None
+
+    def _add(self, file: Path, base: str, own: tuple[int, int] | None) -> None:
+        try:
+            with open(file, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if (stat.st_dev, stat.st_ino) in self.seen:
+                    return
+                self.seen.add((stat.st_dev, stat.st_ino))
+                data = handle.read()
+        except OSError:
+            return
+        mine = (stat.st_dev, stat.st_ino) == own
+        if mine:
+            self.file, self.identity = file, (stat.st_ino, len(data))
+        loads, lines, raw, width = orjson.loads, self.lines, self.raw, len(FIXED)
+        for text in data.split(b"\n"):
+            try:
+                line = loads(text)
+            except ValueError:
+                continue
+            if not (type(line) is list and len(line) == 6 and line[0] == CACHE_FORMAT and type(number := line[1])
+                    is int and type(line[4]) is list and len(line[4]) == width and type(line[5]) is dict):
+                continue
+            if line[2] == 0:
+                line[2] = f"{base}{number}/summary.json"
+            lines[number] = line
+            if mine:
+                raw[number] = text
+
+    def compact(self, cached: set[int]) -> None:
+        """Drop the lines of the trials the cache just written holds: keep the others (a file changed too recently
+        to be cached, a trial the storage did not show yet) and whatever was appended since the index was read. Lines
+        appended between that last read and the replacement are lost: their trials are read from their files."""
+        if self.file is None or self.identity is None:
+            return
+        kept = [text + b"\n" for number, text in self.raw.items() if number not in cached]
+        try:
+            with open(self.file, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if stat.st_ino != self.identity[0] or stat.st_size < self.identity[1]:
+                    return  # compacted by another load meanwhile
+                handle.seek(self.identity[1])
+                kept.append(handle.read())
+        except OSError:
+            return
+        _write_atomic(self.file, b"".join(kept))

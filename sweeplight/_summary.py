@@ -34,6 +34,20 @@ def write_json_atomic(path: Path, data: dict[str, Any], *, durable: bool = True)
         raise
 
 
+def write_summary(path: Path, summary: dict[str, Any], *, study: str, study_dir: Path, number: int,
+                  durable: bool = True) -> None:
+    """Write trial ``number``'s summary (``write_json_atomic``), then add its row to the study's index in
+    ``<study_dir>/.sweeplight-cache/``, from which ``sweeplight.analysis`` loads a study without opening every
+    summary (``_rows.index_summary``; ``SWEEPLIGHT_ANALYSIS_CACHE=0`` turns it off)."""
+    write_json_atomic(path, summary, durable=durable)
+    try:
+        from sweeplight._rows import index_summary
+
+        index_summary(study_dir, study, number, path)
+    except Exception:  # noqa: BLE001 - the index only makes loading faster: without a line, loads read the file
+        pass
+
+
 class Durability:
     """fsyncs files already written (atomically, without fsync) on a background thread, in order.
 
