@@ -13,7 +13,9 @@ Reading is fast and does not go through Optuna's ``FrozenTrial``s: the storage's
 directly (``sweeplight/_rows.py``; anything unusual is read through Optuna as before), and each summary's part of its
 row is cached per study in ``<study directory>/.sweeplight-cache/`` (next to the SQLite or journal file for a study
 named by URL), keyed on each summary file's inode, modification time and size, so new and rewritten summaries are
-read again and everything else is not. The cache holds no history: ``curves_frame`` reads the summaries.
+read again and everything else is not. Workers append each finished trial's row to an index there as they write its
+summary, so even the first load reads one file rather than one per trial (a line counts only while its summary's
+key still matches). The cache holds no history: ``curves_frame`` reads the summaries.
 ``SWEEPLIGHT_ANALYSIS_CACHE=0`` or ``cache=False`` reads everything every time; a directory that cannot be written
 is simply not cached. ``benchmarks/analysis_load.py`` measures it.
 """
