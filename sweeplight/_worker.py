@@ -299,7 +299,7 @@ def stop_reason(study: Any, spec: Any, *, launch_id: str, deadline: float | None
     failed = failed_in_launch(failures, launch_id)
     if spec.budget.max_failures is not None and failed >= spec.budget.max_failures:
         return f"budget.max_failures reached ({failed} failed trials)"
-    grid = grid_state(spec.search_space, trials, launch_id) if spec.sampler.name == "grid" else None
+    grid = _grid(spec, trials, launch_id) if spec.sampler.name == "grid" else None
     if grid is not None and grid.done >= grid.size:
         return f"grid done ({grid.size} points)"
     # A grid study without n_trials ends with its grid: trials off the grid (enqueued) must not end it early.
@@ -393,11 +393,26 @@ def budget_trials(spec: Any) -> int | None:
     return trial_budget(spec)
 
 
+_last_grid: tuple[list, Any, str | None, Any] | None = None
+
+
+def _grid(spec: Any, trials: list, launch_id: str | None) -> Any:
+    """``grid_state`` once per read of the study: ``stop_reason`` and ``_grid_point`` both need it, with the same
+    list of trials, under the same ask lock (the list is kept, so its identity cannot be reused by a later read)."""
+    global _last_grid
+    if _last_grid is not None and _last_grid[0] is trials and _last_grid[1] is spec.search_space and (
+            _last_grid[2] == launch_id):
+        return _last_grid[3]
+    state = grid_state(spec.search_space, trials, launch_id)
+    _last_grid = (trials, spec.search_space, launch_id, state)
+    return state
+
+
 def _grid_point(spec: Any, trials: list, launch_id: str | None) -> dict[str, Any] | None:
     """The next grid point no trial holds (grid sampler only; ``stop_reason`` has checked one is left)."""
     if spec.sampler.name != "grid":
         return None
-    free = grid_state(spec.search_space, trials, launch_id).free
+    free = _grid(spec, trials, launch_id).free
     return dict(free[0]) if free else None
 
 
