@@ -9,12 +9,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from sweeplight._grid import grid_points, point_key
 from sweeplight._spec import load_spec
 
-from .conftest import run_cli
-from .test_slurm import SLURM, cluster  # noqa: F401 - the session fixture that starts the local cluster
+from .conftest import BASE, SLURM, _merge, run_cli, run_cli_all
 
 SPACE = {"_replace": True, "lr": 0.01, "width": [32, 64], "optimizer": ["adam", "sgd"],
          "momentum": {"type": "categorical", "choices": [0.5, 0.9], "when": {"optimizer": "sgd"}}}
@@ -44,10 +44,30 @@ def _check_each_point_once(study_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return trials
 
 
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory, cluster) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The grid on 3 local workers and as a SLURM array of 4, launched side by side (independent studies, each in a
+    directory of its own): "local" and "slurm" -> (study file, launch output). Only the local test launches its study
+    again."""
+    paths = {}
+    for name, changes in (("local", {"executor": {"workers": 3}}),
+                          ("slurm", {"executor": {"kind": "slurm", "workers": 4, "heartbeat_interval": 3},
+                                     "slurm": dict(SLURM)})):
+        directory = tmp_path_factory.mktemp(f"grid-{name}")
+        paths[name] = directory / "study.yaml"
+        data = _merge(BASE, {**GRID, "root": str(directory / "runs"), **changes})
+        paths[name].write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        local, slurm = run_cli_all(("study", "launch", str(paths["local"]), "--no-progress"),
+                                   ("study", "launch", str(paths["slurm"]), "--follow", "--no-progress"))
+    finally:
+        subprocess.run(["scancel", "--name", "sweeplight-tiny"], capture_output=True, timeout=30)
+    return {"local": (paths["local"], local), "slurm": (paths["slurm"], slurm)}
+
+
 @pytest.mark.slow
-def test_three_local_workers_run_each_grid_point_once(make_study):
-    path = make_study({**GRID, "executor": {"workers": 3}})
-    out = run_cli("study", "launch", str(path), "--no-progress")
+def test_three_local_workers_run_each_grid_point_once(launched):
+    path, out = launched["local"]
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout
     assert "done: grid done (6 points)" in out.stdout, out.stdout
     study_dir = path.parent / "runs" / "tiny"
@@ -64,14 +84,9 @@ def test_three_local_workers_run_each_grid_point_once(make_study):
 
 
 @pytest.mark.slow
-def test_slurm_array_of_four_runs_each_grid_point_once(make_study, cluster):  # noqa: F811
-    path = make_study({**GRID, "executor": {"kind": "slurm", "workers": 4, "heartbeat_interval": 3},
-                       "slurm": dict(SLURM)})
-    try:
-        out = run_cli("study", "launch", str(path), "--follow", "--no-progress", timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:] + out.stdout
-        assert "done: grid done (6 points)" in out.stdout, out.stdout
-        trials = _check_each_point_once(path.parent / "runs" / "tiny")
-        assert all(t.system_attrs.get("sweeplight:slurm_job") for t in trials)
-    finally:
-        subprocess.run(["scancel", "--name", "sweeplight-tiny"], capture_output=True, timeout=30)
+def test_slurm_array_of_four_runs_each_grid_point_once(launched):
+    path, out = launched["slurm"]
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout
+    assert "done: grid done (6 points)" in out.stdout, out.stdout
+    trials = _check_each_point_once(path.parent / "runs" / "tiny")
+    assert all(t.system_attrs.get("sweeplight:slurm_job") for t in trials)

@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from sweeplight._launch import _cores, worker_threads
 
-from .conftest import REPO, TOY, run_cli
+from .conftest import BASE, REPO, TOY, _merge, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -81,12 +84,49 @@ def test_two_workers_run_a_study_with_summaries_tensorboard_and_resume(make_stud
     assert again.returncode == 0 and len(_study(path).get_trials()) == 5
 
 
-def test_a_failing_trial_does_not_stop_the_others(make_study):
-    path = make_study({"model": {"class": f"{TOY}:FailingMLP"}, "budget": {"n_trials": 3, "max_failures": 5},
-                       "sampler": {"name": "grid"},
-                       "search_space": {"_replace": True, "width": [32, 64], "lr": [0.01, 0.02]},
-                       "trainer": {"max_epochs": 1}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
+# The tests below each read what one launch left. Their studies are independent, so they are launched side by side,
+# each in a directory of its own (runs/tiny under it).
+ONCE = {
+    # 4 grid points; the 2 with width 32 fail
+    "failing": {"model": {"class": f"{TOY}:FailingMLP"}, "budget": {"n_trials": 3, "max_failures": 5},
+                "sampler": {"name": "grid"}, "search_space": {"_replace": True, "width": [32, 64], "lr": [0.01, 0.02]},
+                "trainer": {"max_epochs": 1}},
+    "max_failures": {"model": {"class": f"{TOY}:AlwaysFailingMLP"}, "budget": {"n_trials": 10, "max_failures": 2},
+                     "trainer": {"max_epochs": 1}},
+    "never_logged": {"objective": {"metric": "val_accuracy", "direction": "maximize"}, "budget": {"n_trials": 5},
+                     "executor": {"workers": 2}},
+    "ddp": {"budget": {"n_trials": 1}, "search_space": {"_replace": True, "width": [64]},
+            "trainer": {"max_epochs": 2, "devices": 2, "strategy": "ddp", "accelerator": "cpu"}},
+    "pruned_ddp": {"budget": {"n_trials": 2}, "pruner": {"name": "threshold", "options": {"lower": 0.999}},
+                   "trainer": {"max_epochs": 4, "devices": 2, "strategy": "ddp", "accelerator": "cpu"}},
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    path: Path  # the study file
+    result: subprocess.CompletedProcess
+    seconds: float  # how long the launch took
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Launch]:
+    paths = {}
+    for name, changes in ONCE.items():
+        directory = tmp_path_factory.mktemp(name)
+        paths[name] = directory / "study.yaml"
+        paths[name].write_text(yaml.safe_dump(_merge(BASE, {"root": str(directory / "runs"), **changes})))
+
+    def launch(path: Path) -> Launch:
+        start = time.time()
+        return Launch(path, run_cli("study", "launch", str(path), "--no-progress", timeout=600), time.time() - start)
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        return dict(zip(paths, pool.map(launch, paths.values()), strict=True))
+
+
+def test_a_failing_trial_does_not_stop_the_others(launched):
+    path, result = launched["failing"].path, launched["failing"].result
     assert result.returncode == 0, result.stderr
     trials = _study(path).get_trials()
     failed = [t for t in trials if t.state.name == "FAIL"]
@@ -99,19 +139,15 @@ def test_a_failing_trial_does_not_stop_the_others(make_study):
     assert summary["state"] == "FAIL" and "width 32 is broken on purpose" in summary["error"]
 
 
-def test_max_failures_stops_the_study_with_exit_1(make_study):
-    path = make_study({"model": {"class": f"{TOY}:AlwaysFailingMLP"}, "budget": {"n_trials": 10, "max_failures": 2},
-                       "trainer": {"max_epochs": 1}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
+def test_max_failures_stops_the_study_with_exit_1(launched):
+    path, result = launched["max_failures"].path, launched["max_failures"].result
     assert result.returncode == 1
     assert "budget.max_failures=2 reached" in result.stderr
     assert len(_study(path).get_trials()) == 2
 
 
-def test_metric_never_logged_stops_the_study_with_exit_2(make_study):
-    path = make_study({"objective": {"metric": "val_accuracy", "direction": "maximize"},
-                       "budget": {"n_trials": 5}, "executor": {"workers": 2}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
+def test_metric_never_logged_stops_the_study_with_exit_2(launched):
+    path, result = launched["never_logged"].path, launched["never_logged"].result
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: objective.metric: the module never logs 'val_accuracy'")
@@ -120,10 +156,8 @@ def test_metric_never_logged_stops_the_study_with_exit_2(make_study):
     assert len(_study(path).get_trials()) <= 2  # one trial per worker at most, not the whole budget
 
 
-def test_ddp_trial_on_two_cpu_processes_is_one_trial(make_study):
-    path = make_study({"budget": {"n_trials": 1}, "search_space": {"_replace": True, "width": [64]},
-                       "trainer": {"max_epochs": 2, "devices": 2, "strategy": "ddp", "accelerator": "cpu"}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
+def test_ddp_trial_on_two_cpu_processes_is_one_trial(launched):
+    path, result = launched["ddp"].path, launched["ddp"].result
     assert result.returncode == 0, result.stderr
     trials = _study(path).get_trials()
     assert len(trials) == 1 and trials[0].state.name == "COMPLETE"
@@ -136,16 +170,13 @@ def test_ddp_trial_on_two_cpu_processes_is_one_trial(make_study):
     assert "distributed_backend=gloo" in worker_log and "All distributed processes registered" in worker_log
 
 
-def test_pruned_ddp_trial_stops_every_rank(make_study):
-    path = make_study({"budget": {"n_trials": 2}, "pruner": {"name": "threshold", "options": {"lower": 0.999}},
-                       "trainer": {"max_epochs": 4, "devices": 2, "strategy": "ddp", "accelerator": "cpu"}})
-    start = time.time()
-    result = run_cli("study", "launch", str(path), "--no-progress", timeout=300)
+def test_pruned_ddp_trial_stops_every_rank(launched):
+    path, result = launched["pruned_ddp"].path, launched["pruned_ddp"].result
     assert result.returncode == 0, result.stderr
     trials = _study(path).get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [0] for t in trials)
-    assert time.time() - start < 240
+    assert launched["pruned_ddp"].seconds < 240
 
 
 def test_ctrl_c_records_the_trial_as_interrupted_and_the_next_launch_resumes_it(make_study):

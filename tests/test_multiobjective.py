@@ -1,7 +1,8 @@
 """Multi-objective studies and constraints: the study file, real studies through the CLI, the frame and the report.
 
-The real studies train the digits MLP for 2 epochs per trial on one local worker. Widths 16 and 128 at depth 1 or 2
-give models of 1,210 to 26,122 parameters, so ``param_count <= 5000`` makes the wide ones infeasible.
+The real studies train the digits MLP on one local worker each; the module launches its three studies at once. Widths
+16 and 128 at depth 1 or 2 give models of 1,210 to 26,122 parameters, so ``param_count <= 5000`` makes the wide ones
+infeasible.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from sweeplight._report import write_report
 from sweeplight._spec import load_spec
 from sweeplight._storage import load_study
 from sweeplight.analysis import best_trial, best_trials, trials_frame
+from sweeplight.cli import main
 
 from .chromium import selfcheck
-from .conftest import BASE, _merge, run_cli
+from .conftest import BASE, _merge, run_cli, run_cli_all
 
 TWO = [{"metric": "val_acc", "direction": "maximize"}, {"metric": "param_count", "direction": "minimize"}]
 SPACE = {"_replace": True, "width": [16, 128], "depth": [1, 2], "lr": {"type": "float", "low": 3e-3, "high": 3e-2}}
@@ -89,18 +91,21 @@ def test_bad_input_is_one_line_naming_the_field(tmp_path, changes, field, messag
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_validate_prints_one_line_and_notes_a_sampler_that_ignores_constraints(make_study):
+def test_validate_prints_one_line_and_notes_a_sampler_that_ignores_constraints(make_study, capsys):
     bad = run_cli("study", "validate", str(make_study({"objective": TWO, "pruner": "hyperband"})))
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         "error: pruner: got 'hyperband'; Optuna cannot prune multi-objective studies; set pruner: {name: none}"]
-    ok = run_cli("study", "validate", str(make_study({"constraints": ["param_count <= 100"]}, name="c.yaml")))
-    assert ok.returncode == 0, ok.stderr
+    # The valid ones in this process: the same command without a second import of torch and Lightning.
+    assert main(["study", "validate", str(make_study({"constraints": ["param_count <= 100"]}, name="c.yaml"))]) == 0
+    ok = capsys.readouterr()
+    assert ok.out.startswith("ok: study 'tiny'"), ok.err
     assert ("note: sampler random ignores constraints; each trial's feasibility is still recorded (samplers that use "
-            "them: tpe, nsgaii, nsgaiii, gp)") in ok.stdout
-    tpe = run_cli("study", "validate", str(make_study({"constraints": ["param_count <= 100"], "objective": TWO,
-                                                        "sampler": "nsgaiii", "pruner": "none"}, name="t.yaml")))
-    assert tpe.returncode == 0 and "note:" not in tpe.stdout, tpe.stderr
+            "them: tpe, nsgaii, nsgaiii, gp)") in ok.out
+    assert main(["study", "validate", str(make_study({"constraints": ["param_count <= 100"], "objective": TWO,
+                                                      "sampler": "nsgaiii", "pruner": "none"}, name="t.yaml"))]) == 0
+    tpe = capsys.readouterr()
+    assert tpe.out.startswith("ok: study 'tiny'") and "note:" not in tpe.out, tpe.err
 
 
 # ------------------------------------------------------------------------------------------------- pure parts
@@ -137,19 +142,39 @@ def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+THREE = [*TWO, {"metric": "epoch_time", "direction": "minimize"}]
+STUDIES = {
+    # 2 objectives and a constraint: TPE (3 random trials, then its multi-objective path, which reads the
+    # constraints) over 6 trials of 2 epochs
+    "pareto": {"objective": TWO, "pruner": "none", "constraints": [f"param_count <= {LIMIT}"], "search_space": SPACE,
+               "sampler": {"name": "tpe", "seed": 0, "options": {"n_startup_trials": 3}}, "budget": {"n_trials": 6},
+               "trainer": {"max_epochs": 2}},
+    # 1 objective and a constraint the grid sampler ignores: one narrow and one wide model
+    "single": {"search_space": {"_replace": True, "width": [16, 128]}, "constraints": [f"param_count <= {LIMIT}"],
+               "sampler": "grid", "budget": {"n_trials": 2}, "trainer": {"max_epochs": 1}},
+    # 3 objectives, ``epoch_time`` (sweeplight's own metric) the third
+    "three": {"objective": THREE, "search_space": SPACE, "budget": {"n_trials": 3}, "trainer": {"max_epochs": 1}},
+}
+
+
 @pytest.fixture(scope="module")
-def pareto_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-objective study with a constraint, launched through the CLI: TPE (3 random trials, then its
-    multi-objective path, which reads the constraints) over 6 trials of 2 epochs."""
-    directory = tmp_path_factory.mktemp("pareto")
-    data = _merge(BASE, {"name": "pareto", "root": str(directory / "runs"), "objective": TWO, "pruner": "none",
-                         "constraints": [f"param_count <= {LIMIT}"], "search_space": SPACE,
-                         "sampler": {"name": "tpe", "seed": 0, "options": {"n_startup_trials": 3}},
-                         "budget": {"n_trials": 6}, "trainer": {"max_epochs": 2}})
-    path = directory / "study.yaml"
-    path.write_text(json.dumps(data))
-    result = run_cli("study", "launch", str(path), "--no-progress")
-    assert result.returncode == 0, result.stderr
+def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, object]]:
+    """The real studies of STUDIES, launched side by side through the CLI: name -> (study file, launch output). The
+    tests only read them."""
+    directory = tmp_path_factory.mktemp("multi")
+    paths = {}
+    for name, changes in STUDIES.items():
+        paths[name] = directory / f"{name}.yaml"
+        paths[name].write_text(json.dumps(_merge(BASE, {"name": name, "root": str(directory / "runs"), **changes})))
+    results = run_cli_all(*[("study", "launch", str(path), "--no-progress") for path in paths.values()])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return {name: (paths[name], result) for name, result in zip(paths, results, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def pareto_study(launched) -> Path:
+    path, result = launched["pareto"]
     assert "note:" not in result.stderr  # TPE uses constraints
     return path
 
@@ -240,11 +265,8 @@ def test_the_report_draws_the_front_and_marks_infeasible_trials(pareto_study, tm
 
 
 @pytest.mark.slow
-def test_a_constrained_single_objective_study_picks_the_best_feasible_trial(make_study):
-    path = make_study({"name": "single", "search_space": {"_replace": True, "width": [16, 128]},
-                       "constraints": [f"param_count <= {LIMIT}"], "sampler": "grid", "budget": {"n_trials": 2}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
-    assert result.returncode == 0, result.stderr
+def test_a_constrained_single_objective_study_picks_the_best_feasible_trial(launched):
+    path, result = launched["single"]
     assert "note: sampler grid ignores constraints" in result.stderr
     trials = {t.params["width"]: t for t in load_study(load_spec(path)).get_trials()}
     assert trials[128].system_attrs["constraints"] == [_params(128, 2) - LIMIT]  # recorded all the same
@@ -258,8 +280,6 @@ def test_a_constrained_single_objective_study_picks_the_best_feasible_trial(make
     assert f"best: trial {trials[16].number}" in status.stdout
     page = write_report(path).read_text(encoding="utf-8")
     assert "fig-pareto" not in page and ">feasible</th>" in page and "infeasible" in page
-
-
 
 
 def test_study_sync_adds_a_multi_objective_result_with_its_constraints(make_study, tmp_path):
@@ -292,15 +312,13 @@ def test_study_sync_adds_a_multi_objective_result_with_its_constraints(make_stud
 
 
 @pytest.mark.slow
-def test_three_objectives_get_one_figure_per_pair(make_study, tmp_path):
+def test_three_objectives_get_one_figure_per_pair(launched, tmp_path):
     """``epoch_time`` as a third objective (sweeplight's own metric); the report draws each pair of objectives."""
-    three = [*TWO, {"metric": "epoch_time", "direction": "minimize"}]
-    path = make_study({"name": "three", "objective": three, "search_space": SPACE, "budget": {"n_trials": 3},
-                       "trainer": {"max_epochs": 1}})
-    result = run_cli("study", "launch", str(path), "--no-progress")
-    assert result.returncode == 0, result.stderr
+    path, _ = launched["three"]
     spec = load_spec(path)
-    for t in load_study(spec).get_trials():
+    trials = load_study(spec).get_trials()
+    assert len(trials) == 3
+    for t in trials:
         summary = json.loads((spec.directory / "trials" / str(t.number) / "summary.json").read_text())
         assert t.values[2] == summary["epoch_time_s"] == summary["history"][0]["time_s"] > 0
         assert summary["feasible"] is True and summary["constraints"] == []

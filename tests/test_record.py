@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,7 @@ import yaml
 
 from sweeplight._record import freeze, git_state, parse_freeze
 
-from .conftest import DIGITS, run_cli
-from .test_slurm import SLURM, cluster  # noqa: F401 - the cluster fixture
+from .conftest import DIGITS, run_cli, run_cli_all
 
 MARKER = "UNCOMMITTED_MARKER = 42"
 
@@ -61,13 +61,31 @@ def write_study(repo: Path, name: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Launched:
+    repo: Path  # the repository; the study's results are in repo/runs/rec
+    head: str  # its commit when the study ran
+    complete: int  # the trial that completed its three epochs
+    pruned: int  # the trial pruned after two
+    rerun_complete: subprocess.CompletedProcess  # `trial rerun <complete> --json`
+    rerun_pruned: subprocess.CompletedProcess  # `trial rerun <pruned>`
+
+
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory) -> Path:
-    """A two-trial study launched through the CLI from a repository with an uncommitted change."""
+def launched(tmp_path_factory) -> Launched:
+    """A two-trial study launched through the CLI from a repository with an uncommitted change; then its study file
+    is edited (a rerun must use the recorded study) and both trials are rerun side by side. The reruns read the
+    study and add reruns/<number>-0; the tests share all of it and leave it as they found it."""
     repo = make_repo(tmp_path_factory.mktemp("record") / "code")
-    out = run_cli("study", "launch", str(write_study(repo, "rec")), "--no-progress", timeout=300)
+    study_file = write_study(repo, "rec")
+    out = run_cli("study", "launch", str(study_file), "--no-progress", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    return repo
+    study_dir = repo / "runs" / "rec"
+    complete, pruned = trial_in(study_dir, "COMPLETE"), trial_in(study_dir, "PRUNED")
+    study_file.write_text(study_file.read_text().replace("max_epochs: 3", "max_epochs: 5"))
+    reruns = run_cli_all(("trial", "rerun", str(study_dir), str(complete), "--json"),
+                         ("trial", "rerun", str(study_dir), str(pruned)), timeout=300)
+    return Launched(repo, git(repo, "rev-parse", "HEAD"), complete, pruned, *reruns)
 
 
 def trial_in(study_dir: Path, state: str) -> int:
@@ -83,20 +101,19 @@ def record(study_dir: Path, number: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_record_holds_what_a_rerun_needs(launched):
-    study_dir = launched / "runs" / "rec"
+    study_dir = launched.repo / "runs" / "rec"
     study = optuna.load_study(study_name="rec", storage=f"sqlite:///{study_dir / 'study.db'}")
-    head = git(launched, "rev-parse", "HEAD")
     for trial in study.get_trials():
         rec = record(study_dir, trial.number)
         assert rec["schema_version"] == 1 and rec["study"] == "rec" and rec["trial"] == trial.number
         assert rec["params"] == trial.params
         assert rec["seed"] == {"trainer": 0, "sampler": 1}
         assert rec["sampler"] == {"name": "grid", "seed": 1, "worker": 0, "worker_seed": 1}
-        assert rec["spec"]["raw"]["trainer"]["max_epochs"] == 3 and rec["spec"]["base_dir"] == str(launched)
+        assert rec["spec"]["raw"]["trainer"]["max_epochs"] == 3 and rec["spec"]["base_dir"] == str(launched.repo)
         (repo,) = rec["code"]["repos"]
-        assert repo["root"] == str(launched) and repo["commit"] == head and repo["branch"] == "main"
+        assert repo["root"] == str(launched.repo) and repo["commit"] == launched.head and repo["branch"] == "main"
         assert repo["dirty"] is True and repo["untracked"] == ["helper_untracked.py"]  # not runs/
-        assert rec["code"]["components"]["model"]["file"] == str(launched / "model.py")
+        assert rec["code"]["components"]["model"]["file"] == str(launched.repo / "model.py")
         patch = (study_dir / repo["diff"]).read_text()
         assert f"+{MARKER}" in patch and "+HELPER = 'untracked'" in patch
         lines = (study_dir / rec["packages"]["freeze"]).read_text().splitlines()
@@ -112,17 +129,16 @@ def test_record_holds_what_a_rerun_needs(launched):
 
 @pytest.mark.slow
 def test_rerun_reproduces_the_objective_exactly(launched):
-    study_dir = launched / "runs" / "rec"
-    study_file = launched / "rec.yaml"  # edited after the launch: the rerun must use the recorded study
-    study_file.write_text(study_file.read_text().replace("max_epochs: 3", "max_epochs: 5"))
-    number = trial_in(study_dir, "COMPLETE")
-    out = run_cli("trial", "rerun", str(study_dir), str(number), "--json", timeout=300)
+    study_dir = launched.repo / "runs" / "rec"
+    number, out = launched.complete, launched.rerun_complete  # run after the study file was edited (the fixture)
+    assert "max_epochs: 5" in (launched.repo / "rec.yaml").read_text()
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     result = json.loads(out.stdout)
     original = json.loads((study_dir / "trials" / str(number) / "summary.json").read_text())
     assert result["reproduced"] is True and result["difference"] == 0 and result["rerun_state"] == "COMPLETE"
     assert result["original_value"] == original["objective"]["value"] == result["rerun_value"]
     assert result["epochs"] == [3, 3] and "warning: code" not in out.stderr and "warning: packages" not in out.stderr
+    assert result["directory"] == str(study_dir / "reruns" / f"{number}-0")  # the trial's first rerun
     rerun = json.loads((study_dir / "reruns" / f"{number}-0" / "summary.json").read_text())
     assert rerun["objective"]["value"] == original["objective"]["value"] and rerun["params"] == original["params"]
     assert [h["val_loss"] for h in rerun["history"]] == [h["val_loss"] for h in original["history"]]
@@ -133,11 +149,10 @@ def test_rerun_reproduces_the_objective_exactly(launched):
 
 @pytest.mark.slow
 def test_rerun_of_a_pruned_trial_stops_where_it_was_pruned(launched):
-    study_dir = launched / "runs" / "rec"
-    number = trial_in(study_dir, "PRUNED")
+    study_dir = launched.repo / "runs" / "rec"
+    number, out = launched.pruned, launched.rerun_pruned
     original = json.loads((study_dir / "trials" / str(number) / "summary.json").read_text())
     assert original["epochs"] == 2 and original["params"] == {"lr": 1e-5}
-    out = run_cli("trial", "rerun", str(study_dir), str(number), timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert f"rerun:      PRUNED {original['objective']['value']:.10g} (2 epochs)" in out.stdout
     assert "reproduced: yes (equal)" in out.stdout
@@ -145,40 +160,46 @@ def test_rerun_of_a_pruned_trial_stops_where_it_was_pruned(launched):
 
 @pytest.mark.slow
 def test_rerun_with_other_params_and_code_is_not_reproduced(launched):
-    study_dir = launched / "runs" / "rec"
-    number = trial_in(study_dir, "COMPLETE")
+    """Changes the trial's record and commits the code change, and puts both back afterwards (the other tests read
+    them)."""
+    repo, number = launched.repo, launched.complete
+    study_dir = repo / "runs" / "rec"
     path = study_dir / "trials" / str(number) / "record.json"
-    rec = json.loads(path.read_text())
+    saved = path.read_text()
+    rec = json.loads(saved)
     rec["params"]["lr"] = 1e-7  # too small to learn anything in three epochs
-    path.write_text(json.dumps(rec))
-    git(launched, "commit", "-q", "-am", "the change, committed")
-    out = run_cli("trial", "rerun", str(launched / "rec.yaml"), str(number), timeout=300)
+    try:
+        path.write_text(json.dumps(rec))
+        git(repo, "commit", "-q", "-am", "the change, committed")
+        try:
+            out = run_cli("trial", "rerun", str(repo / "rec.yaml"), str(number), timeout=300)
+            head = git(repo, "rev-parse", "HEAD")
+        finally:
+            git(repo, "reset", "-q", "HEAD~1")  # uncommitted again, as when the study ran
+    finally:
+        path.write_text(saved)
     assert out.returncode == 1, out.stdout + out.stderr[-3000:]
     assert "reproduced: NO (difference" in out.stdout
-    assert f"code: {launched} is at commit {git(launched, 'rev-parse', 'HEAD')[:12]}" in out.stderr
-    assert f"code: the uncommitted changes in {launched} differ" in out.stderr
+    assert f"code: {repo} is at commit {head[:12]}" in out.stderr
+    assert f"code: the uncommitted changes in {repo} differ" in out.stderr
+    # beside the fixture's rerun of the same trial, not over it
     assert len(list((study_dir / "reruns").glob(f"{number}-*/summary.json"))) == 2
+    assert git(repo, "rev-parse", "HEAD") == launched.head and git(repo, "status", "--porcelain", "model.py")
 
 
 @pytest.mark.slow
 def test_rerun_of_a_missing_trial_is_one_line_exit_2(launched):
-    out = run_cli("trial", "rerun", str(launched / "runs" / "rec"), "7")
+    out = run_cli("trial", "rerun", str(launched.repo / "runs" / "rec"), "7")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"error: trial 7: no such trial in {launched / 'runs' / 'rec'} (trials: 0-1); give one of those numbers"]
+        f"error: trial 7: no such trial in {launched.repo / 'runs' / 'rec'} (trials: 0-1); give one of those numbers"]
 
 
 @pytest.mark.slow
-def test_slurm_trial_records_its_job(make_study, cluster, tmp_path):  # noqa: F811 - the fixture
-    path = make_study({"executor": {"kind": "slurm", "workers": 2, "heartbeat_interval": 3}, "slurm": dict(SLURM),
-                       "budget": {"n_trials": 2}, "trainer": {"max_epochs": 2, "deterministic": True}})
-    try:
-        out = run_cli("study", "launch", str(path), "--follow", "--no-progress", timeout=600)
-    finally:
-        subprocess.run(["scancel", "--name", "sweeplight-tiny"], capture_output=True, timeout=30)
-    assert out.returncode == 0, out.stderr[-3000:]
-    study_dir = tmp_path / "runs" / "tiny"
-    for number in (0, 1):
+def test_slurm_trial_records_its_job(slurm_array_study):
+    path, _ = slurm_array_study  # 4 trials as a SLURM job array of 2 workers (conftest.py), deterministic
+    study_dir = path.parent / "runs" / "tiny"
+    for number in (0, 1, 2, 3):
         slurm = record(study_dir, number)["slurm"]
         summary = json.loads((study_dir / "trials" / str(number) / "summary.json").read_text())
         assert slurm["job_id"] == summary["slurm_job_id"] and slurm["array_task_id"] == summary["slurm_array_task_id"]

@@ -21,7 +21,7 @@ from sweeplight._storage import load_study
 from sweeplight.analysis import StudyResults, curves_frame, load_results, trials_frame
 
 from .chromium import dump_dom, pre_json, screenshot, selfcheck
-from .conftest import BASE, REPO, TOY, _merge, run_cli
+from .conftest import BASE, REPO, TOY, _merge, run_cli_all
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +46,23 @@ def _study_file(directory: Path, changes: dict[str, Any]) -> Path:
     return path
 
 
+FAILING = {"name": "failing", "model": {"class": f"{TOY}:AlwaysFailingMLP"},
+           "budget": {"n_trials": 2, "max_failures": 2}}
+
+
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    """The module's two real studies, launched side by side: FINISHED and FAILING -> (study file, launch output)."""
+    paths = {"finished": _study_file(tmp_path_factory.mktemp("report"), FINISHED),
+             "failing": _study_file(tmp_path_factory.mktemp("failing"), FAILING)}
+    results = run_cli_all(*[("study", "launch", str(path), "--no-progress") for path in paths.values()])
+    return {name: (path, result) for (name, path), result in zip(paths.items(), results, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def finished(launched) -> Path:
     """A real finished study with complete, early-stopped and pruned trials, and its report at the default path."""
-    path = _study_file(tmp_path_factory.mktemp("report"), FINISHED)
-    result = run_cli("study", "launch", str(path), "--no-progress")
+    path, result = launched["finished"]
     assert result.returncode == 0, result.stderr
     return path
 
@@ -218,10 +230,8 @@ def test_study_without_finished_trials_renders(make_study):
     assert check["figures"] == {"fig-timeline": 1} and check["tableRows"] == 2
 
 
-def test_study_with_only_failed_trials_renders(make_study):
-    path = make_study({"name": "failing", "model": {"class": f"{TOY}:AlwaysFailingMLP"},
-                       "budget": {"n_trials": 2, "max_failures": 2}})
-    run_cli("study", "launch", str(path), "--no-progress")  # stops with an error: every trial fails
+def test_study_with_only_failed_trials_renders(launched):
+    path, _ = launched["failing"]  # the launch stops with an error: every trial fails
     states = {t.state.name for t in load_study(load_spec(path)).get_trials()}
     assert states == {"FAIL"}
     text = write_report(path).read_text(encoding="utf-8")

@@ -19,20 +19,10 @@ from typing import Any
 import optuna
 import pytest
 
-from tests.conftest import REPO, TOY, run_cli
+from sweeplight.cli import main
+from tests.conftest import REPO, SLURM, TOY, run_cli
 
 pytestmark = pytest.mark.slow
-
-SLURM = {"partition": "debug", "timeout_min": 10, "cpus_per_task": 1, "mem_gb": 2, "signal_delay_s": 60}
-
-
-@pytest.fixture(scope="session")
-def cluster() -> None:
-    """Start (or check) the local cluster; the tests need root, as CI has."""
-    out = subprocess.run(["bash", str(REPO / "slurm" / "start-cluster.sh")], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-
 
 @pytest.fixture
 def slurm_study(make_study, cluster):
@@ -90,10 +80,8 @@ def summary(path: Path, number: int) -> dict[str, Any]:
     return json.loads((path.parent / "runs" / "tiny" / "trials" / str(number) / "summary.json").read_text())
 
 
-def test_job_array_finishes_a_study(slurm_study):
-    path = slurm_study({"executor": {"workers": 2}, "budget": {"n_trials": 4}})
-    out = run_cli("study", "launch", str(path), "--follow", "--no-progress", timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_job_array_finishes_a_study(slurm_array_study):
+    path, _ = slurm_array_study  # 4 trials, 2 workers, launched with --follow (conftest.py)
     study = load(path)
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
@@ -216,7 +204,7 @@ def test_ddp_trial_runs_as_two_slurm_tasks_with_fake_gpus(slurm_study):
     ({"constraint": "bigmem"}, "error: slurm: the cluster refuses this job: allocation failure: Invalid feature "
                                "specification (sbatch --test-only)"),
 ])
-def test_bad_resources_fail_before_anything_is_submitted(slurm_study, change, expected):
+def test_bad_resources_fail_before_anything_is_submitted(slurm_study, capsys, change, expected):
     path = slurm_study({"slurm": change})
     out = run_cli("study", "launch", str(path), "--no-progress")
     assert out.returncode == 2, out.stderr
@@ -224,8 +212,10 @@ def test_bad_resources_fail_before_anything_is_submitted(slurm_study, change, ex
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert not (path.parent / "runs").exists(), "nothing is created"
     assert subprocess.run(["squeue", "-h", "-n", "sweeplight-tiny"], capture_output=True, text=True).stdout == ""
-    validate = run_cli("study", "validate", str(path))
-    assert validate.returncode == 2 and validate.stderr.strip() == lines[0]
+    capsys.readouterr()
+    # validate asks the same cluster; in this process, so torch and Lightning are not imported a second time
+    assert main(["study", "validate", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == lines[0]
 
 
 def test_status_and_cancel_against_real_jobs(slurm_study):

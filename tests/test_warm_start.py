@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sweeplight._spec import load_spec
 from sweeplight._warm import ENQUEUED, WARM_FROM, fit_trial
 from sweeplight.cli import main
 
-from .conftest import run_cli
+from .conftest import BASE, _merge, run_cli
 
 GRID_SPACE = {"_replace": True, "lr": 0.01, "width": [32, 64], "optimizer": ["adam", "sgd"],
               "momentum": {"type": "categorical", "choices": [0.5, 0.9], "when": {"optimizer": "sgd"}}}
@@ -88,42 +89,58 @@ def _launch(path: Path, *extra: str) -> Any:
 ENQUEUE = [{"lr": 0.01, "width": 64, "optimizer": "sgd", "momentum": 0.7}, {"lr": 0.002, "width": 32}]
 
 
-@pytest.mark.slow
-def test_enqueued_configurations_run_first_and_never_twice(make_study):
-    path = make_study({"enqueue": ENQUEUE, "budget": {"n_trials": 3}, "trainer": {"max_epochs": 1}})
+@dataclass(frozen=True)
+class Enqueued:
+    path: Path  # the study file: the tiny study with ENQUEUE, n_trials 3, 1 epoch per trial
+    first: Any  # the first launch's output
+    after_first: list[optuna.trial.FrozenTrial]  # the trials after it
+    again: Any  # the output of the launch again with --set budget.n_trials=4
+
+
+@pytest.fixture(scope="module")
+def enqueued(tmp_path_factory: pytest.TempPathFactory) -> Enqueued:
+    """A real study with two ``enqueue:`` entries, launched, then launched again for one more trial. The tests only
+    read it: the enqueue test checks both launches, the warm-start test copies its trials into a study of its own."""
+    directory = tmp_path_factory.mktemp("enqueue")
+    path = directory / "study.yaml"
+    path.write_text(json.dumps(_merge(BASE, {"root": str(directory / "runs"), "enqueue": ENQUEUE,
+                                             "budget": {"n_trials": 3}, "trainer": {"max_epochs": 1}})))
     first = _launch(path)
-    assert "enqueue: queued 2 of 2 configurations (0 already run or waiting)" in first.stderr
-    trials = _study(path).get_trials()
+    after_first = _study(path).get_trials()
+    return Enqueued(path, first, after_first, _launch(path, "--set", "budget.n_trials=4"))
+
+
+@pytest.mark.slow
+def test_enqueued_configurations_run_first_and_never_twice(enqueued):
+    assert "enqueue: queued 2 of 2 configurations (0 already run or waiting)" in enqueued.first.stderr
+    trials = enqueued.after_first
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     assert trials[0].params == ENQUEUE[0] and trials[0].system_attrs[ENQUEUED] == 0  # in order, before sampling
     assert {k: trials[1].params[k] for k in ENQUEUE[1]} == ENQUEUE[1] and trials[1].system_attrs[ENQUEUED] == 1
     assert "optimizer" in trials[1].params  # left out of the entry: sampled
     assert ENQUEUED not in trials[2].system_attrs
 
-    again = _launch(path, "--set", "budget.n_trials=4")
-    assert "enqueue: queued 0 of 2 configurations (2 already run or waiting)" in again.stderr
-    trials = _study(path).get_trials()
+    assert "enqueue: queued 0 of 2 configurations (2 already run or waiting)" in enqueued.again.stderr
+    trials = _study(enqueued.path).get_trials()
     assert len(trials) == 4 and sum(ENQUEUED in t.system_attrs for t in trials) == 2
     assert sum(t.params == ENQUEUE[0] for t in trials) == 1
 
 
 @pytest.mark.slow
-def test_warm_start_copies_fitting_trials_once_and_they_do_not_count(make_study):
-    enqueue = [{"width": 32, "optimizer": "adam"}, {"width": 64}, {"width": 32, "optimizer": "sgd"}]
-    source = make_study({"enqueue": enqueue, "budget": {"n_trials": 3}, "trainer": {"max_epochs": 1}},
-                        name="source.yaml")
-    _launch(source)
+def test_warm_start_copies_fitting_trials_once_and_they_do_not_count(make_study, enqueued):
+    source = enqueued.path
     old = [t for t in _study(source).get_trials() if t.state.name == "COMPLETE"]
-    assert len(old) == 3
-    fitting = [t for t in old if t.params["width"] == 32]
-    assert [t.number for t in fitting] == [0, 2]  # the target's space has width 32 only
+    assert len(old) == 4
+    fitting = [t for t in old if t.params["width"] == 32]  # the target's space has width 32 only
+    # ENQUEUE[1] fits, ENQUEUE[0] (width 64) does not; seeded: the two sampled trials drew width 32
+    assert [t.number for t in fitting] == [1, 2, 3]
 
     target = make_study({"name": "target", "search_space": {"width": {"_replace": True, "type": "categorical",
                                                                       "choices": [32]}},
                          "budget": {"n_trials": 1}, "trainer": {"max_epochs": 1}}, name="target.yaml")
     out = _launch(target, "--warm-start", str(source.parent / "runs" / "tiny"))
-    skipped = 3 - len(fitting)
-    assert (f"warm start: copied {len(fitting)} of 3 trials from {source.parent / 'runs' / 'tiny'} "
+    skipped = len(old) - len(fitting)
+    assert (f"warm start: copied {len(fitting)} of {len(old)} trials from {source.parent / 'runs' / 'tiny'} "
             f"({skipped} skipped: {skipped} width outside this space)") in out.stdout, out.stdout
     trials = _study(target, "target").get_trials()
     copies = [t for t in trials if WARM_FROM in t.system_attrs]
@@ -138,8 +155,8 @@ def test_warm_start_copies_fitting_trials_once_and_they_do_not_count(make_study)
     assert "done: budget.n_trials=1 reached" in out.stdout
 
     again = _launch(target, "--warm-start", str(source))  # the study file names the same study
-    assert f"warm start: copied 0 of 3 trials from {source} (3 skipped: {len(fitting)} already copied, " \
-           f"{skipped} width outside this space)" in again.stdout, again.stdout
+    assert f"warm start: copied 0 of {len(old)} trials from {source} ({len(old)} skipped: {len(fitting)} already " \
+           f"copied, {skipped} width outside this space)" in again.stdout, again.stdout
     assert len(_study(target, "target").get_trials()) == len(trials)  # nothing copied or run twice
     status = run_cli("study", "status", str(target.parent / "runs" / "target"), "--json")
     data = json.loads(status.stdout)

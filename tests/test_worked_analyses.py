@@ -24,7 +24,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix
 from analysis import compare_studies, digits_best_model
 from sweeplight.analysis import best_trial, load_best_model, load_results, trials_frame
 
-from .conftest import BASE, DIGITS, REPO, _merge, run_cli
+from .conftest import BASE, DIGITS, REPO, _merge, run_cli_all
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +33,17 @@ TEST_SIZE = int(len(load_digits().target) * 0.15)  # DigitsDataModule's default 
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Study files of two launched studies, 3 trials of 3 epochs each: 'plain' (no pruner) and 'pruned'."""
+    """Study files of two studies launched side by side, 3 trials of 3 epochs each: 'plain' (no pruner) and
+    'pruned'."""
     root = tmp_path_factory.mktemp("worked")
     paths = {}
     for name, pruner in (("plain", "none"), ("pruned", {"name": "median", "options": {"n_startup_trials": 1}})):
         data = _merge(BASE, {"name": name, "root": str(root / "runs"), "pruner": pruner, "budget": {"n_trials": 3},
                              "trainer": {"max_epochs": 3}})
-        path = root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        result = run_cli("study", "launch", str(path), "--no-progress")
+        paths[name] = root / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(data, sort_keys=False))
+    for result in run_cli_all(*[("study", "launch", str(path), "--no-progress") for path in paths.values()]):
         assert result.returncode == 0, result.stdout + result.stderr
-        paths[name] = path
     return paths
 
 
