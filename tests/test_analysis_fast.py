@@ -9,6 +9,7 @@ it before these readers (Optuna's FrozenTrials and whole summaries, one row dict
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -299,27 +301,34 @@ def test_the_cache_follows_new_rewritten_and_removed_summaries(tmp_path, request
     assert not cache.exists()
 
 
-def test_a_read_only_study_directory_is_read_without_a_cache(tmp_path, request):
-    url = _url("sqlite", tmp_path, request)
-    _fill(url, tmp_path / "runs")
-    path = _study_file(tmp_path, url)
-    directory = load_spec(path).directory
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` cannot be written inside the block. root ignores permission bits (CI runs as root): there the
+    directory is made immutable instead."""
     mode = directory.stat().st_mode
-    # root ignores permission bits (CI runs as root): there the directory is made immutable instead.
     root = os.geteuid() == 0
     if root:
         subprocess.run(["chattr", "+i", str(directory)], check=True)
     else:
         directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
-        with pytest.raises(OSError):
-            (directory / "probe").write_text("")
-        _same(trials_frame(path), _reference_frame(url, directory, "s"))
-        assert not (directory / _rows.CACHE_DIR).exists()
+        yield
     finally:
         if root:
             subprocess.run(["chattr", "-i", str(directory)], check=True)
         directory.chmod(mode)
+
+
+def test_a_read_only_study_directory_is_read_without_a_cache(tmp_path, request):
+    url = _url("sqlite", tmp_path, request)
+    _fill(url, tmp_path / "runs")
+    path = _study_file(tmp_path, url)
+    directory = load_spec(path).directory
+    with read_only(directory):
+        with pytest.raises(OSError):
+            (directory / "probe").write_text("")
+        _same(trials_frame(path), _reference_frame(url, directory, "s"))
+        assert not (directory / _rows.CACHE_DIR).exists()
 
 
 def test_a_cache_that_cannot_be_written_changes_nothing(tmp_path, request):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import stat
 import subprocess
 from pathlib import Path
 
@@ -258,13 +257,7 @@ def test_an_index_that_cannot_be_written_fails_nothing(tmp_path, request, indexe
                   number=1)
     _same(trials_frame(path), _reference_frame(url, directory, "s"))
     cache.unlink()
-    mode = directory.stat().st_mode
-    root = os.geteuid() == 0  # root ignores permission bits: the directory is made immutable instead
-    if root:
-        subprocess.run(["chattr", "+i", str(directory)], check=True)
-    else:
-        directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
+    with test_analysis_fast.read_only(directory):
         with pytest.raises(OSError):
             cache.mkdir()
         write_summary(_summary_path(directory, 3), _summary(3, hostname="later"), study="s", study_dir=directory,
@@ -272,10 +265,6 @@ def test_an_index_that_cannot_be_written_fails_nothing(tmp_path, request, indexe
         frame = trials_frame(path)
         _same(frame, _reference_frame(url, directory, "s"))
         assert frame.loc[[1, 3], "host"].tolist() == ["late", "later"]
-    finally:
-        if root:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        directory.chmod(mode)
     assert not cache.exists()
 
 
